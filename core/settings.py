@@ -1,0 +1,76 @@
+"""The one settings object of VAAS, read from `VAAS_*` environment variables.
+
+The API, the worker and the scripts all read their configuration here, so a deployment is configured
+in one place (docker-compose sets the same variables the local launcher sets).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VAAS_", env_file=None, extra="ignore")
+
+    # --- storage -----------------------------------------------------------------------------
+    database_url: str = Field(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/vaas",
+        description="SQLAlchemy URL. Postgres in deployment; sqlite:///… is the embedded default.",
+    )
+    broker_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Celery broker. sqla+sqlite:///… is the embedded default that needs no server.",
+    )
+    data_dir: Path = Field(REPO_ROOT / "var", description="Uploads, artifacts and checkpoints.")
+
+    # --- oracle (TorchServe) ------------------------------------------------------------------
+    oracle_url: str = "http://127.0.0.1:8080"
+    oracle_management_url: str = "http://127.0.0.1:8081"
+    oracle_token: str | None = Field(None, description="Bearer token when TorchServe auth is on.")
+    oracle_timeout_s: float = 60.0
+    oracle_max_batch: int = Field(48, description="Most clips one oracle request may carry.")
+    default_model: str = "mini_c3d"
+
+    # --- API limits ---------------------------------------------------------------------------
+    max_upload_bytes: int = 64 * 1024 * 1024
+    max_queries_cap: int = 200_000
+    max_decode_frames: int = 4_096
+    max_decode_pixels: int = 4096 * 2160
+    api_key_header: str = "X-API-Key"
+    page_size_max: int = 500
+
+    # --- worker -------------------------------------------------------------------------------
+    device: str = Field("auto", description="'auto' picks CUDA when present, else CPU.")
+    task_soft_time_limit_s: int = 3_600
+    task_hard_time_limit_s: int = 3_660
+    broker_visibility_timeout_s: int = 7_200
+    checkpoint_every_s: float = 30.0
+
+    @property
+    def upload_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

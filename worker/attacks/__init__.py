@@ -1,0 +1,16 @@
+"""The attack registry: one module per paper or baseline; `ATTACKS[name]` is the attack's class."""
+from __future__ import annotations
+
+from worker.attacks.base import Attack, AttackParams
+from worker.attacks.nes_pgd import NesPgd
+
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (NesPgd,)}
+
+
+def build_attack(name: str, raw_params: dict) -> Attack:
+    """Validate parameters against the attack's schema and build it (pydantic errors propagate)."""
+    cls = ATTACKS[name]
+    return cls(cls.Params.model_validate(raw_params))
+
+
+__all__ = ["ATTACKS", "Attack", "AttackParams", "build_attack"]

@@ -1,0 +1,113 @@
+"""What every attack shares: the goal (criterion), the best-so-far tracker and the attack interface.
+
+Top-1 only (DESIGN.md): the oracle gives the top-1 label and its probability, nothing else. The goal
+turns one answer into a scalar `score` in [-1, 1], higher is better, positive exactly when the goal is
+met:
+- untargeted: -p(source) while the source class is top-1; +p(top-1) once another class is top-1;
+- targeted:   +p(target) when the target is top-1; -p(top-1) otherwise (the only information a top-1
+  oracle gives is how confident the wrong class is).
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from model_server.protocol import Prediction
+
+
+@dataclass(frozen=True)
+class Goal:
+    source_label: int
+    target_label: int | None = None
+
+    @property
+    def targeted(self) -> bool:
+        return self.target_label is not None
+
+    def is_met(self, label: int) -> bool:
+        if self.targeted:
+            return label == self.target_label
+        return label != self.source_label
+
+    def score(self, answer: Prediction) -> float:
+        met = self.is_met(answer["label"])
+        return answer["probability"] if met else -answer["probability"]
+
+
+class Oracle(Protocol):
+    """What an attack sees of the oracle client (worker/oracle_client.py)."""
+
+    def query(self, clips: np.ndarray, partial: bool = False) -> list[Prediction]: ...
+
+    @property
+    def remaining(self) -> int: ...
+
+
+@dataclass
+class Best:
+    clip: np.ndarray
+    score: float
+    success: bool
+    answer: Prediction | None = None
+
+
+@dataclass
+class Tracker:
+    """Keeps the best clip seen so far; a success always beats a non-success.
+
+    Attacks offer every answered clip they consider a result; `on_improve` lets the worker persist
+    progress and checkpoints without the attack knowing about the database.
+    """
+
+    best: Best
+    on_improve: Callable[[Best], None] = lambda best: None
+    history: list[tuple[int, float]] = field(default_factory=list)  # (queries, best score)
+    started: float = field(default_factory=time.monotonic)
+
+    def offer(self, clip: np.ndarray, score: float, success: bool, answer: Prediction | None = None) -> bool:
+        current = self.best
+        better = (success, score) > (current.success, current.score)
+        if better:
+            self.best = Best(clip=clip.copy(), score=score, success=success, answer=answer)
+            self.on_improve(self.best)
+        return better
+
+
+@dataclass
+class AttackContext:
+    clean: np.ndarray  # T×H×W×3 uint8, the clip as the oracle saw it first
+    oracle: Oracle
+    goal: Goal
+    tracker: Tracker
+    rng: np.random.Generator
+    # Attacker-owned clips of a class (the reference set), e.g. to start a targeted attack.
+    reference_clips: Callable[[int, int], np.ndarray] | None = None
+    # A checkpointed clip to resume from after a redelivery (None on a first run).
+    resume_from: np.ndarray | None = None
+
+
+class AttackParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+
+
+class Attack(ABC):
+    """An attack is a small object: validated parameters plus `run`, which reports via the tracker."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Params: ClassVar[type[AttackParams]]
+
+    def __init__(self, params: AttackParams) -> None:
+        self.params = params
+
+    @abstractmethod
+    def run(self, ctx: AttackContext) -> None:
+        """Run until the goal is met or the attack ends; BudgetExhausted/JobCancelled may escape."""

@@ -1,0 +1,138 @@
+"""Dense NES + PGD (Ilyas, Engstrom, Athalye, Lin, ICML 2018, "Black-box adversarial attacks with
+limited queries and information"), applied to every pixel of every frame.
+
+Untargeted (the paper's query-limited setting): from the clean clip, estimate ∇loss with antithetic
+NES, step x ← Π_ε(x − η·sign(g)), repeat. Targeted under a top-1 oracle (the paper's
+partial-information setting with k = 1): start from an attacker-owned clip of the target class at a
+large ε and alternately (a) step along the NES estimate to raise the target's probability and
+(b) shrink ε around the clean clip, halving the shrink when the target stops being top-1; success is
+the target held at top-1 once ε reaches the requested bound.
+
+Top-1 adaptation: the loss is −score of attacks/base.Goal (−p(source) … +p(top-1)). Quantization: each
+sample x + σu is rounded to uint8 and projected before it is sent, so σ and η must be at least one
+level (1/255); the paper's σ = 0.001 would round away, hence σ = 0.01 here. Every sample that meets
+the goal ends the attack: it is a valid adversarial clip inside the ball.
+"""
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from worker.attacks.base import Attack, AttackContext, AttackParams
+from worker.attacks.primitives import (
+    antithetic_noise,
+    in_levels,
+    nes_gradient,
+    project_linf,
+    to_levels,
+)
+
+
+class NesPgdParams(AttackParams):
+    epsilon: float = Field(0.05, gt=0, le=1, description="L∞ bound on [0, 1] (12 of 255 levels).")
+    sigma: float = Field(0.01, gt=0, le=0.5, description="NES search variance on [0, 1].")
+    population: int = Field(48, ge=2, le=480, description="NES samples per estimate (antithetic pairs × 2).")
+    learning_rate: float = Field(0.01, gt=0, le=0.5, description="PGD sign-step size η on [0, 1].")
+    momentum: float = Field(0.0, ge=0, lt=1, description="Momentum on the gradient estimate (0 = off).")
+    max_iterations: int = Field(10_000, ge=1, description="PGD iterations at most (the budget also stops it).")
+    targeted_start_epsilon: float = Field(1.0, gt=0, le=1, description="Targeted: ε of the starting clip.")
+    epsilon_decay: float = Field(0.01, gt=0, le=0.5, description="Targeted: initial ε shrink per step.")
+    reference_scan: int = Field(8, ge=1, le=256, description="Targeted: reference clips scanned for a start.")
+
+
+class NesPgd(Attack):
+    name = "nes_pgd"
+    description = "Dense NES gradient estimate + L∞ PGD sign steps on every pixel (Ilyas et al. 2018)."
+    Params = NesPgdParams
+    params: NesPgdParams
+
+    def run(self, ctx: AttackContext) -> None:
+        if ctx.goal.targeted:
+            self._run_targeted(ctx)
+        else:
+            self._run_untargeted(ctx)
+
+    # ------------------------------------------------------------------ untargeted
+    def _run_untargeted(self, ctx: AttackContext) -> None:
+        p = self.params
+        eps = to_levels(p.epsilon)
+        x = ctx.clean if ctx.resume_from is None else ctx.resume_from
+        velocity = np.zeros(x.shape, dtype=np.float32)
+        for _ in range(p.max_iterations):
+            gradient, done = self._estimate(ctx, x, eps)
+            if done:
+                return
+            velocity = p.momentum * velocity + gradient
+            x = project_linf(x - in_levels(p.learning_rate) * np.sign(velocity), ctx.clean, eps)
+            if self._evaluate(ctx, x):
+                return
+
+    # ------------------------------------------------------------------ targeted
+    def _run_targeted(self, ctx: AttackContext) -> None:
+        p = self.params
+        goal_eps = to_levels(p.epsilon)
+        x, eps = self._targeted_start(ctx)
+        if x is None:
+            return
+        decay = max(1, to_levels(p.epsilon_decay))
+        lr = in_levels(p.learning_rate)
+        for _ in range(p.max_iterations):
+            gradient, _ = self._estimate(ctx, x, eps)
+            stepped = x - lr * np.sign(gradient)
+            accepted = False
+            while not accepted:
+                trial_eps = max(goal_eps, eps - decay)
+                candidate = project_linf(stepped, ctx.clean, trial_eps)
+                answer = ctx.oracle.query(candidate[None])[0]
+                accepted = ctx.goal.is_met(answer["label"])
+                if accepted:
+                    x, eps = candidate, trial_eps
+                    ctx.tracker.offer(x, ctx.goal.score(answer), success=eps <= goal_eps, answer=answer)
+                    if eps <= goal_eps:
+                        return
+                elif decay > 1:
+                    decay = max(1, decay // 2)  # shrink ε more gently next time
+                else:
+                    lr = max(1.0, lr / 2)  # even keeping ε, the step overshot: smaller steps
+                    break
+
+    def _targeted_start(self, ctx: AttackContext) -> tuple[np.ndarray | None, int]:
+        """A clip the oracle puts in the target class, projected to the starting ε around clean."""
+        start_eps = to_levels(self.params.targeted_start_epsilon)
+        if ctx.resume_from is not None:
+            eps = int(np.abs(ctx.resume_from.astype(np.int16) - ctx.clean).max())
+            return ctx.resume_from, eps
+        if ctx.reference_clips is None:
+            raise ValueError("targeted nes_pgd needs reference clips of the target class for this model")
+        candidates = ctx.reference_clips(ctx.goal.target_label, self.params.reference_scan)
+        for clip in candidates:
+            start = project_linf(clip.astype(np.float32), ctx.clean, start_eps)
+            answer = ctx.oracle.query(start[None])[0]
+            if ctx.goal.is_met(answer["label"]):
+                ctx.tracker.offer(start, ctx.goal.score(answer), success=False, answer=answer)
+                return start, start_eps
+        return None, start_eps
+
+    # ------------------------------------------------------------------ shared steps
+    def _estimate(self, ctx: AttackContext, x: np.ndarray, eps: int) -> tuple[np.ndarray, bool]:
+        """NES estimate of ∇loss at x; `done` when one of the samples already meets the goal."""
+        p = self.params
+        noise = antithetic_noise(ctx.rng, x.shape, p.population // 2)
+        samples = np.stack(
+            [project_linf(x + in_levels(p.sigma) * u, ctx.clean, eps) for u in noise]
+        )
+        answers = ctx.oracle.query(samples, partial=True)
+        losses = np.empty(len(answers), dtype=np.float32)
+        for i, answer in enumerate(answers):
+            score = ctx.goal.score(answer)
+            losses[i] = -score
+            if ctx.goal.is_met(answer["label"]) and not ctx.goal.targeted:
+                ctx.tracker.offer(samples[i], score, success=True, answer=answer)
+                return np.zeros_like(noise[0]), True
+        return nes_gradient(losses, noise, p.sigma), False
+
+    def _evaluate(self, ctx: AttackContext, x: np.ndarray) -> bool:
+        answer = ctx.oracle.query(x[None])[0]
+        success = ctx.goal.is_met(answer["label"])
+        ctx.tracker.offer(x, ctx.goal.score(answer), success=success, answer=answer)
+        return success

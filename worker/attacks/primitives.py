@@ -1,0 +1,57 @@
+"""Pieces several attacks share, written once: the uint8 L∞ projection and the NES estimator.
+
+Clips live on the uint8 grid the oracle sees (DESIGN.md, "quantize inside the loop"): ε and step sizes
+are given on [0, 1] like in the papers and turned into whole pixel levels here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+LEVELS = 255.0
+
+
+def to_levels(value: float) -> int:
+    """A [0, 1] magnitude as whole uint8 levels (rounded down, so ε is never exceeded)."""
+    return int(np.floor(value * LEVELS + 1e-6))
+
+
+def in_levels(value: float) -> float:
+    """A [0, 1] step size in uint8 levels, kept fractional (the projection rounds)."""
+    return value * LEVELS
+
+
+def project_linf(x: np.ndarray, clean: np.ndarray, eps_levels: int) -> np.ndarray:
+    """Round to the uint8 grid, then clip into the L∞ ball of radius eps_levels around `clean`."""
+    low = np.clip(clean.astype(np.int16) - eps_levels, 0, 255)
+    high = np.clip(clean.astype(np.int16) + eps_levels, 0, 255)
+    return np.clip(np.rint(x), low, high).astype(np.uint8)
+
+
+def antithetic_noise(rng: np.random.Generator, shape: tuple[int, ...], pairs: int) -> np.ndarray:
+    """Gaussian directions u_1..u_n, each followed by its negation: [u1, -u1, u2, -u2, …].
+
+    Interleaving keeps whole pairs at the front, so a batch shrunk to the last queries of the budget
+    still yields a usable estimate.
+    """
+    half = rng.standard_normal((pairs, *shape), dtype=np.float32)
+    return np.stack([half, -half], axis=1).reshape(2 * pairs, *shape)
+
+
+def rank_transform(losses: np.ndarray) -> np.ndarray:
+    """Centred ranks in [-0.5, 0.5]: NES with fitness shaping (used by V-BAD's rectification)."""
+    ranks = np.empty(len(losses), dtype=np.float32)
+    ranks[np.argsort(losses, kind="stable")] = np.arange(len(losses), dtype=np.float32)
+    return ranks / max(len(losses) - 1, 1) - 0.5
+
+
+def nes_gradient(losses: np.ndarray, noise: np.ndarray, sigma: float) -> np.ndarray:
+    """Antithetic NES estimate of ∇loss: (1 / (n σ)) Σ_i loss(x + σ u_i) u_i over complete pairs.
+
+    `losses` may be shorter than `noise` when the budget cut the batch; an unpaired tail is dropped
+    because a lone sample biases the estimate by its loss level.
+    """
+    usable = (len(losses) // 2) * 2
+    if usable == 0:
+        return np.zeros(noise.shape[1:], dtype=np.float32)
+    weights = np.asarray(losses[:usable], dtype=np.float32)
+    return np.tensordot(weights, noise[:usable], axes=1) / (usable * sigma)

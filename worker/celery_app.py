@@ -1,0 +1,37 @@
+"""The Celery app. One attack job per worker process, acknowledged only after it ends.
+
+- `acks_late` + `reject_on_worker_lost`: a worker killed mid-job gives the job back to the broker, and
+  the redelivered job resumes against the same budget (queries_used lives in the database).
+- prefetch 1: a worker holds at most the job it runs, so jobs are not starved behind a long one.
+- visibility_timeout above the hard time limit: Redis redelivers an unacknowledged task after that
+  timeout, so it must never fire while the job can still legitimately be running.
+"""
+from __future__ import annotations
+
+from celery import Celery
+
+from core.settings import get_settings
+
+RUN_ATTACK_TASK = "vaas.run_attack"
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    app = Celery("vaas", broker=settings.broker_url, include=["worker.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_hard_time_limit_s,
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+celery_app = make_celery()

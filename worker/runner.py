@@ -1,0 +1,234 @@
+"""Runs one attack job from its database row to its terminal status and artifacts.
+
+The Celery task (worker/tasks.py) is a thin shell around `run_job`, so the logic can be read here
+without Celery in the way. A redelivered job (worker killed, time limit) resumes from its last
+checkpoint against the same budget: `queries_used` lives in the database, not in this process.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select, update
+
+from core.settings import Settings, get_settings
+from core.video import encode_ffv1, write_npy
+from db.models import Artifact, Job, JobStatus
+from db.session import new_session, session_scope
+from model_server.client import OracleHTTP
+from worker.attacks import build_attack
+from worker.attacks.base import AttackContext, Best, Goal, Tracker
+from worker.metrics import perturbation_metrics
+from worker.oracle_client import BudgetExhausted, JobCancelled, OracleClient, OracleFailed
+
+log = logging.getLogger(__name__)
+
+
+class StopReason:
+    finished = "finished"
+    budget = "budget"
+    cancelled = "cancelled"
+    time_limit = "time_limit"
+
+
+def run_job(job_id: str, settings: Settings | None = None, time_limit_exc: type[BaseException] = ()) -> str:
+    """Run (or resume) a job; returns its terminal status."""
+    settings = settings or get_settings()
+    job = _claim(job_id)
+    if job is None:
+        return "skipped"
+    clean = np.load(_artifact_path(job_id, "input"), allow_pickle=False)
+    http = OracleHTTP(settings.oracle_url, settings.oracle_management_url, settings.oracle_token,
+                      settings.oracle_timeout_s)
+    oracle = OracleClient(job_id, job.model, http, new_session, max_batch=settings.oracle_max_batch)
+    goal = Goal(source_label=job.source_label, target_label=job.target_label)
+    checkpoints = Checkpointer(job_id, settings)
+    tracker = _initial_tracker(job, clean, goal, checkpoints)
+    started = time.monotonic()
+    reason, error, oracle_down = StopReason.finished, None, False
+    try:
+        attack = build_attack(job.attack, job.params)
+        ctx = AttackContext(
+            clean=clean,
+            oracle=oracle,
+            goal=goal,
+            tracker=tracker,
+            rng=np.random.default_rng([attack.params.seed, job.attempts - 1]),
+            reference_clips=_reference_clips(job.model),
+            resume_from=checkpoints.load(),
+        )
+        attack.run(ctx)
+    except BudgetExhausted:
+        reason = StopReason.budget
+    except JobCancelled:
+        reason = StopReason.cancelled
+    except OracleFailed as exc:
+        error, oracle_down = str(exc), True
+    except time_limit_exc:  # Celery's soft time limit: keep what was found
+        reason, error = StopReason.time_limit, "the job reached the worker's soft time limit"
+    except Exception as exc:  # noqa: BLE001 - a broken attack must still end the job cleanly
+        log.exception("attack %s crashed on job %s", job.attack, job_id)
+        error = f"{type(exc).__name__}: {exc}"
+    try:
+        verify = reason != StopReason.cancelled and not oracle_down
+        return _finish(job, clean, tracker, oracle if verify else None, reason, error, started, settings,
+                       checkpoints)
+    finally:
+        http.close()
+
+
+def _claim(job_id: str) -> Job | None:
+    """Mark the job running (or cancelled if that was asked while it queued); None = nothing to do."""
+    with session_scope() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or JobStatus(job.status).terminal:
+            return None
+        now = datetime.now(timezone.utc)
+        if job.cancel_requested:
+            job.status, job.finished_at = JobStatus.cancelled.value, now
+            return None
+        job.status = JobStatus.running.value
+        job.started_at = job.started_at or now
+        job.attempts += 1
+        session.flush()
+        session.expunge(job)
+        return job
+
+
+def _initial_tracker(job: Job, clean: np.ndarray, goal: Goal, checkpoints: Checkpointer) -> Tracker:
+    clean_score = goal.score(
+        {"label": job.source_label, "label_name": job.source_label_name, "probability": job.source_probability}
+    )
+    best = Best(clip=clean, score=clean_score, success=False)
+    resumed = checkpoints.load()
+    if resumed is not None and job.best_score is not None:
+        best = Best(clip=resumed, score=job.best_score, success=False)
+    return Tracker(best=best, on_improve=checkpoints.on_improve)
+
+
+def _reference_clips(model: str) -> Callable[[int, int], np.ndarray] | None:
+    """The attacker's own clips of a class, where the attacker owns data like the model's (the zoo)."""
+    from model_server import dataset, zoo
+
+    if model not in zoo.MODELS:
+        return None
+    return lambda label, n: dataset.reference_clips(label, n)
+
+
+class Checkpointer:
+    """Persists the best clip and score now and then, so a crash loses little and no budget."""
+
+    def __init__(self, job_id: str, settings: Settings) -> None:
+        self.job_id = job_id
+        self.path = settings.data_dir / "checkpoints" / f"{job_id}.npy"
+        self.every_s = settings.checkpoint_every_s
+        self._last_db = 0.0
+        self._last_file = 0.0
+
+    def load(self) -> np.ndarray | None:
+        return np.load(self.path, allow_pickle=False) if self.path.exists() else None
+
+    def on_improve(self, best: Best) -> None:
+        now = time.monotonic()
+        if now - self._last_db >= 1.0 or best.success:
+            with session_scope() as session:
+                session.execute(update(Job).where(Job.id == self.job_id).values(best_score=best.score))
+            self._last_db = now
+        if now - self._last_file >= self.every_s:
+            self.save(best.clip)
+            self._last_file = now
+
+    def save(self, clip: np.ndarray) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp.npy")
+        write_npy(clip, tmp)
+        tmp.replace(self.path)  # atomic: a crash never leaves half a checkpoint
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _finish(
+    job: Job,
+    clean: np.ndarray,
+    tracker: Tracker,
+    oracle: OracleClient | None,
+    reason: str,
+    error: str | None,
+    started: float,
+    settings: Settings,
+    checkpoints: Checkpointer,
+) -> str:
+    best = tracker.best
+    verified = None
+    if oracle is not None:
+        try:
+            # The last query of every job re-checks the artifact, so what users download is exactly
+            # the clip of the last answered row of the audit log.
+            verified = oracle.verify(best.clip)
+        except (OracleFailed, BudgetExhausted, JobCancelled) as exc:
+            error = error or f"could not verify the final clip: {exc}"
+            reason = StopReason.cancelled if isinstance(exc, JobCancelled) else reason
+    goal = Goal(job.source_label, job.target_label)
+    success = verified is not None and goal.is_met(verified["label"])
+    status = _terminal_status(reason, success, error)
+    paths = _write_artifacts(job.id, best.clip, settings)
+    metrics = {
+        "success": success,
+        **perturbation_metrics(best.clip, clean),
+        "final_label": verified["label"] if verified else None,
+        "final_label_name": verified["label_name"] if verified else None,
+        "final_probability": verified["probability"] if verified else None,
+        "wall_time_s": round(time.monotonic() - started, 3),
+    }
+    with session_scope() as session:
+        row = session.get(Job, job.id)
+        metrics["queries"] = row.queries_used
+        metrics["queries_per_s"] = round(row.queries_used / max(metrics["wall_time_s"], 1e-9), 2)
+        row.status, row.error, row.metrics = status, error, metrics
+        row.best_score = goal.score(verified) if verified else best.score
+        row.finished_at = datetime.now(timezone.utc)
+        for kind, path in paths.items():
+            _upsert_artifact(session, job.id, kind, path)
+    checkpoints.clear()
+    return status
+
+
+def _terminal_status(reason: str, success: bool, error: str | None) -> str:
+    if success:
+        return JobStatus.succeeded.value
+    if reason == StopReason.cancelled:
+        return JobStatus.cancelled.value
+    if error is not None:
+        return JobStatus.error.value
+    if reason == StopReason.budget:
+        return JobStatus.budget_exhausted.value
+    return JobStatus.failed.value
+
+
+def _write_artifacts(job_id: str, clip: np.ndarray, settings: Settings) -> dict[str, Path]:
+    folder = settings.artifact_dir / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    npy, mkv = folder / "adversarial.npy", folder / "adversarial.mkv"
+    write_npy(clip, npy)
+    mkv.write_bytes(encode_ffv1(clip))
+    return {"adversarial_npy": npy, "adversarial_mkv": mkv}
+
+
+def _upsert_artifact(session, job_id: str, kind: str, path: Path) -> None:  # noqa: ANN001
+    data = path.read_bytes()
+    existing = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind))
+    artifact = existing or Artifact(job_id=job_id, kind=kind)
+    artifact.path, artifact.sha256, artifact.size_bytes = str(path), hashlib.sha256(data).hexdigest(), len(data)
+    session.add(artifact)
+
+
+def _artifact_path(job_id: str, kind: str) -> Path:
+    with session_scope() as session:
+        return Path(session.scalar(select(Artifact.path).where(Artifact.job_id == job_id, Artifact.kind == kind)))
+
