@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     oracle_max_batch: int = Field(48, description="Most clips one oracle request may carry.")
     default_model: str = "mini_c3d"
 
+    # --- API ---------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
     # --- API limits ---------------------------------------------------------------------------
     max_upload_bytes: int = 64 * 1024 * 1024
     max_queries_cap: int = 200_000

@@ -1,7 +1,7 @@
 """Video in and out.
 
 In: `.npy` (uint8 T×H×W×3) or any container PyAV decodes; T frames sampled uniformly and resized to
-the model's input. Out: lossless only — FFV1 RGB (planar gbrp, a pure rearrangement of RGB) in
+the model's input. Out: lossless only — FFV1 RGB (bgr0, a pure rearrangement of RGB) in
 Matroska, and `.npy`. Both round-trip bit-exactly, which is what lets a downloaded adversarial clip
 reproduce the oracle's answer.
 """
@@ -124,17 +124,17 @@ def write_npy(clip: np.ndarray, path: Path) -> None:
 
 
 def encode_ffv1(clip: np.ndarray, fps: int = 25) -> bytes:
-    """Lossless FFV1 (gbrp, i.e. planar RGB) in Matroska."""
+    """Lossless FFV1 RGB (bgr0: the same bytes reordered and padded; 8-bit gbrp is not offered) in Matroska."""
     import av
 
     t, h, w, _ = clip.shape
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="matroska") as container:
         stream = container.add_stream("ffv1", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "gbrp"
+        stream.width, stream.height, stream.pix_fmt = w, h, "bgr0"
         for frame_rgb in clip:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_rgb), format="rgb24")
-            for packet in stream.encode(frame.reformat(format="gbrp")):
+            for packet in stream.encode(frame.reformat(format="bgr0")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

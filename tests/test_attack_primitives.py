@@ -1,0 +1,77 @@
+"""Pure logic shared by the attacks: uint8 projection, NES, goals and the best-so-far tracker."""
+from __future__ import annotations
+
+import numpy as np
+
+from worker.attacks.base import Best, Goal, Tracker
+from worker.attacks.primitives import (
+    antithetic_noise,
+    nes_gradient,
+    project_linf,
+    rank_transform,
+    to_levels,
+)
+
+
+def test_to_levels_rounds_down_so_epsilon_is_never_exceeded():
+    assert to_levels(0.05) == 12
+    assert to_levels(1 / 255) == 1
+    assert to_levels(0.001) == 0
+
+
+def test_projection_stays_on_the_grid_inside_the_ball_and_the_valid_range():
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
+    wild = clean + rng.normal(0, 80, size=clean.shape)
+    projected = project_linf(wild, clean, 12)
+    assert projected.dtype == np.uint8
+    assert np.abs(projected.astype(int) - clean).max() <= 12
+
+
+def test_antithetic_noise_interleaves_pairs():
+    noise = antithetic_noise(np.random.default_rng(0), (3, 2), pairs=4)
+    assert noise.shape == (8, 3, 2)
+    assert np.array_equal(noise[0::2], -noise[1::2])
+
+
+def test_nes_recovers_the_sign_of_a_linear_loss():
+    rng = np.random.default_rng(1)
+    direction = rng.standard_normal(50).astype(np.float32)
+    noise = antithetic_noise(rng, (50,), pairs=2000)
+    sigma = 0.01
+    losses = np.array([direction @ (sigma * u) for u in noise])
+    estimate = nes_gradient(losses, noise, sigma)
+    cosine = estimate @ direction / (np.linalg.norm(estimate) * np.linalg.norm(direction))
+    assert cosine > 0.9
+
+
+def test_nes_drops_an_unpaired_tail():
+    noise = antithetic_noise(np.random.default_rng(0), (5,), pairs=3)
+    full = nes_gradient(np.arange(6, dtype=np.float32)[:5], noise[:6], 0.1)
+    paired = nes_gradient(np.arange(4, dtype=np.float32), noise[:4], 0.1)
+    assert np.allclose(full, paired)
+
+
+def test_rank_transform_is_centred_and_ordered():
+    ranks = rank_transform(np.array([3.0, -1.0, 10.0]))
+    assert np.allclose(ranks, [0.0, -0.5, 0.5])
+
+
+def test_goal_scores_are_positive_exactly_when_met():
+    untargeted = Goal(source_label=3)
+    assert untargeted.score({"label": 3, "label_name": "a", "probability": 0.9}) == -0.9
+    assert untargeted.score({"label": 4, "label_name": "b", "probability": 0.6}) == 0.6
+    targeted = Goal(source_label=3, target_label=7)
+    assert not targeted.is_met(4) and targeted.is_met(7)
+    assert targeted.score({"label": 4, "label_name": "b", "probability": 0.6}) == -0.6
+
+
+def test_tracker_prefers_success_then_score():
+    clip = np.zeros((1, 2, 2, 3), np.uint8)
+    seen = []
+    tracker = Tracker(best=Best(clip=clip, score=-0.9, success=False), on_improve=seen.append)
+    assert tracker.offer(clip + 1, -0.5, False)
+    assert not tracker.offer(clip + 2, -0.7, False)
+    assert tracker.offer(clip + 3, 0.1, True)
+    assert not tracker.offer(clip + 4, -0.01, False)
+    assert tracker.best.success and tracker.best.clip[0, 0, 0, 0] == 3 and len(seen) == 2
