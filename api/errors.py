@@ -1,0 +1,135 @@
+"""Uniform JSON errors: every error body is `{"detail": "<what was wrong and how to fix it>"}`.
+
+Clients (and the people reading their logs) get one shape and one readable sentence, never FastAPI's
+list-of-dicts validation format. Infrastructure outages answer 503 with `Retry-After`, not 500: the
+request was fine, a dependency was down, and retrying later is the right move.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+import kombu.exceptions
+import sqlalchemy.exc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model_server.client import OracleUnavailable
+
+log = logging.getLogger("api")
+
+RETRY_AFTER_S = "5"
+
+# Where FastAPI found a bad value, in words a client understands.
+_LOCATION_WORDS = {
+    "query": "query parameter",
+    "path": "path parameter",
+    "header": "header",
+    "cookie": "cookie",
+    "body": "body field",
+}
+
+
+def error_body(detail: str) -> dict[str, str]:
+    return {"detail": detail}
+
+
+def describe_error(error: Mapping[str, Any], prefix: str | None = None) -> str:
+    """One pydantic/FastAPI error dict as `<where>: <message> (got <input>)`."""
+    loc = [str(part) for part in error.get("loc", ())]
+    if prefix is None and loc and loc[0] in _LOCATION_WORDS:
+        kind, names = _LOCATION_WORDS[loc[0]], loc[1:]
+        where = f"{kind} '{'.'.join(names)}'" if names else f"the request {kind.split()[0]}"
+    else:
+        where = ".".join([prefix, *loc] if prefix else loc) or (prefix or "the request")
+    kind = error.get("type", "")
+    if kind == "missing":
+        return f"{where}: is required"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown field"
+    message = str(error.get("msg", "is invalid"))
+    if "input" in error and error["input"] is not None and not isinstance(error["input"], (dict, list)):
+        return f"{where}: {message} (got {error['input']!r:.80})"
+    return f"{where}: {message}"
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]], prefix: str | None = None) -> str:
+    return "; ".join(describe_error(error, prefix) for error in errors)
+
+
+def _plain_detail(status_code: int, detail: Any, request: Request) -> str:
+    """Turn Starlette's bare status phrases (unknown route, wrong method) into advice."""
+    if isinstance(detail, str) and detail != HTTPStatus(status_code).phrase:
+        return detail
+    if status_code == 404:
+        return f"no endpoint at {request.url.path}; the API is described at /docs"
+    if status_code == 405:
+        return f"{request.method} is not allowed on {request.url.path}; see /docs for the methods it takes"
+    if isinstance(detail, (list, dict)):
+        return str(detail)
+    return str(detail or HTTPStatus(status_code).phrase)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(
+        error_body(_plain_detail(exc.status_code, exc.detail, request)),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse(error_body(describe_errors(exc.errors())), status_code=422)
+
+
+def _unavailable(what: str, exc: Exception) -> JSONResponse:
+    log.warning("%s unavailable: %s", what, exc)
+    return JSONResponse(
+        error_body(f"{what} is unreachable ({_first_line(exc)}); retry in a few seconds"),
+        status_code=503,
+        headers={"Retry-After": RETRY_AFTER_S},
+    )
+
+
+async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
+    return _unavailable("the database", exc)
+
+
+async def _oracle_down(_request: Request, exc: Exception) -> JSONResponse:
+    return _unavailable("the model server (TorchServe)", exc)
+
+
+async def _broker_down(_request: Request, exc: Exception) -> JSONResponse:
+    return _unavailable("the task broker", exc)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        error_body(f"internal error ({type(exc).__name__}); it was logged, please report it"),
+        status_code=500,
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    # SQLAlchemy appends SQL and a help URL after the first line; the first line says what broke.
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def install(app: FastAPI) -> None:
+    handlers: Sequence[tuple[type[Exception] | int, Any]] = (
+        (StarletteHTTPException, _http_error),
+        (RequestValidationError, _validation_error),
+        (sqlalchemy.exc.OperationalError, _database_down),
+        (sqlalchemy.exc.TimeoutError, _database_down),  # connection pool exhausted
+        (OracleUnavailable, _oracle_down),
+        (kombu.exceptions.OperationalError, _broker_down),
+        (Exception, _unexpected),
+    )
+    for kind, handler in handlers:
+        app.add_exception_handler(kind, handler)
