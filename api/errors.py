@@ -89,7 +89,7 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
 def _unavailable(what: str, exc: Exception) -> JSONResponse:
     log.warning("%s unavailable: %s", what, exc)
     return JSONResponse(
-        error_body(f"{what} is unreachable ({_first_line(exc)}); retry in a few seconds"),
+        error_body(f"{what} is unreachable ({first_line(exc)}); retry in a few seconds"),
         status_code=503,
         headers={"Retry-After": RETRY_AFTER_S},
     )
@@ -115,7 +115,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     # SQLAlchemy appends SQL and a help URL after the first line; the first line says what broke.
     return (text[0] if text else type(exc).__name__)[:300]

@@ -18,6 +18,10 @@ def _as_utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
+def _link(url: str, available: bool) -> str | None:
+    return url if available else None
+
+
 class Progress(BaseModel):
     queries_used: int = Field(description="Queries spent so far, the clean-clip query included.")
     max_queries: int
@@ -82,8 +86,8 @@ class JobOut(BaseModel):
             finished_at=job.finished_at,
             links=JobLinks(
                 self_=base,
-                adversarial_npy=f"{base}/adversarial?format=npy" if "adversarial_npy" in artifact_kinds else None,
-                adversarial_mkv=f"{base}/adversarial?format=mkv" if "adversarial_mkv" in artifact_kinds else None,
+                adversarial_npy=_link(f"{base}/adversarial?format=npy", "adversarial_npy" in artifact_kinds),
+                adversarial_mkv=_link(f"{base}/adversarial?format=mkv", "adversarial_mkv" in artifact_kinds),
                 queries=f"{base}/queries",
             ),
         )

@@ -15,6 +15,14 @@ from core.settings import get_settings
 RUN_ATTACK_TASK = "vaas.run_attack"
 
 
+def _transport_options(broker_url: str, visibility_timeout_s: int) -> dict:
+    # Only brokers that redeliver on a timeout take the option; the embedded SQLAlchemy transport
+    # would hand it to create_engine(), which refuses unknown arguments.
+    if broker_url.startswith(("redis://", "rediss://", "sqs://")):
+        return {"visibility_timeout": visibility_timeout_s}
+    return {}
+
+
 def make_celery() -> Celery:
     settings = get_settings()
     app = Celery("vaas", broker=settings.broker_url, include=["worker.tasks"])
@@ -25,7 +33,7 @@ def make_celery() -> Celery:
         task_ignore_result=True,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_hard_time_limit_s,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        broker_transport_options=_transport_options(settings.broker_url, settings.broker_visibility_timeout_s),
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         accept_content=["json"],
