@@ -13,12 +13,13 @@ unseen imagery, not memorised textures. Each clip has its own seed derived from
 
 CLI: `python -m model_server.dataset --sample samples/sample_clip.npy` writes the bundled demo clip.
 """
+
 from __future__ import annotations
 
 import argparse
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -56,6 +57,8 @@ SPLITS: dict[str, slice] = {"train": slice(0, 10), "val": slice(10, 14), "test":
 # Stream ids keep the seeds of different splits (and of the attacker's reference clips) apart.
 _STREAM = {"train": 0, "val": 1, "test": 2, "reference": 3}
 DEFAULT_REFERENCE_SEED = 20_240_601
+# The bundled demo clip (samples/sample_clip.npy) is a test clip of this class.
+SAMPLE_CLASS, SAMPLE_SEED = "move_right", 7
 
 
 def split_photos(split: str) -> list[str]:
@@ -64,7 +67,7 @@ def split_photos(split: str) -> list[str]:
     return PHOTOS[SPLITS[split]]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_photo(name: str) -> np.ndarray:
     """One bundled photograph as uint8 H×W×3 RGB (grey images are replicated to 3 channels)."""
     if name == "motorcycle_left":
@@ -237,38 +240,39 @@ def reference_clips(label: int, n: int, seed: int = DEFAULT_REFERENCE_SEED) -> n
 # --- CLI -----------------------------------------------------------------------------------------
 
 
-def _first_correct_test_clip(model_name: str, seed: int, tries: int = 50) -> tuple[np.ndarray, int]:
-    """The first test clip (cycling through classes) that the trained model classifies correctly."""
+def first_correct_test_clip(model_name: str, label: int, seed: int, tries: int = 50) -> np.ndarray:
+    """The first test clip of class `label` that the trained model classifies correctly."""
     import torch
 
     from model_server import zoo
 
     model = zoo.load_trained(model_name)
     for index in range(tries):
-        label = index % len(CLASS_NAMES)
         clip = _render(_clip_rng(seed, "test", label, index), label, split_photos("test"))
         with torch.inference_mode():
-            logits = model(zoo.to_model_input(clip[None]))
-        if int(logits.argmax(1)) == label:
-            return clip, label
-    raise RuntimeError(f"no correctly classified test clip in {tries} tries: is the model trained?")
+            if int(model(zoo.to_model_input(clip[None])).argmax(1)) == label:
+                return clip
+    raise RuntimeError(
+        f"no correctly classified {CLASS_NAMES[label]} test clip in {tries} tries: is the model trained?"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Write the bundled demo clip (.npy and lossless .mkv).")
     parser.add_argument("--sample", type=Path, required=True, help="where to write the demo .npy clip")
+    parser.add_argument("--label", default=SAMPLE_CLASS, choices=CLASS_NAMES)
     parser.add_argument("--model", default="mini_c3d")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=SAMPLE_SEED)
     args = parser.parse_args(argv)
 
     from core.video import encode_ffv1, write_npy
 
-    clip, label = _first_correct_test_clip(args.model, args.seed)
+    clip = first_correct_test_clip(args.model, CLASS_NAMES.index(args.label), args.seed)
     args.sample.parent.mkdir(parents=True, exist_ok=True)
     write_npy(clip, args.sample)
     mkv = args.sample.with_suffix(".mkv")
     mkv.write_bytes(encode_ffv1(clip))
-    print(f"wrote {args.sample} and {mkv}: a test clip of class {label} ({CLASS_NAMES[label]})")
+    print(f"wrote {args.sample} and {mkv}: a {args.label} test clip that {args.model} classifies correctly")
 
 
 if __name__ == "__main__":

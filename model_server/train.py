@@ -6,6 +6,7 @@ Deterministic on a given machine: fixed seeds, a fixed thread count and per-clip
 model kept is the epoch with the best VAL accuracy; TEST accuracy is measured once, at the end, on
 the fp16 weights exactly as they are served.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,9 @@ _FLIPS = ((_HFLIP, 4), (_VFLIP, 3), (_TFLIP, 2))
 assert dataset.CLASS_NAMES[_ZI] == "zoom_in" and dataset.CLASS_NAMES[_SH] == "shake"
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(
+    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random horizontal, vertical and temporal flips, each on half of the batch, labels remapped."""
     for table, dim in _FLIPS:
         chosen = torch.rand(len(y), generator=generator) < 0.5
@@ -77,7 +80,7 @@ def train_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total, seen = total + float(loss) * len(idx), seen + len(idx)
+        total, seen = total + loss.item() * len(idx), seen + len(idx)
         bar.set_postfix(loss=f"{total / seen:.3f}")
     return total / seen
 
@@ -94,10 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train a zoo model on the motion dataset.")
     parser.add_argument("--model", default="mini_c3d", choices=sorted(zoo.MODELS))
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--train-per-class", type=int, default=240)
+    parser.add_argument("--train-per-class", type=int, default=200)
     parser.add_argument("--val-per-class", type=int, default=40)
     parser.add_argument("--test-per-class", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -114,21 +117,34 @@ def main(argv: list[str] | None = None) -> None:
     train_x, train_y = dataset.generate_split("train", args.train_per_class, args.seed)
     val_x, val_y = dataset.generate_split("val", args.val_per_class, args.seed)
     test_x, test_y = dataset.generate_split("test", args.test_per_class, args.seed)
-    print(f"  {len(train_x)} train / {len(val_x)} val / {len(test_x)} test clips in {time.time() - started:.0f}s")
+    elapsed = time.time() - started
+    print(f"  {len(train_x)} train / {len(val_x)} val / {len(test_x)} test clips in {elapsed:.0f}s")
 
     model = zoo.build(args.model)
     steps = args.epochs * -(-len(train_x) // args.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.15
+    )
     generator = torch.Generator().manual_seed(args.seed)
 
     best_val, best_state = -1.0, None
     for epoch in range(1, args.epochs + 1):
         loss = train_epoch(
-            model, train_x, train_y, optimizer, scheduler, args.batch_size, generator, f"epoch {epoch}/{args.epochs}"
+            model,
+            train_x,
+            train_y,
+            optimizer,
+            scheduler,
+            args.batch_size,
+            generator,
+            f"epoch {epoch}/{args.epochs}",
         )
         val_acc = accuracy(model, val_x, val_y)
-        print(f"epoch {epoch}/{args.epochs}  loss {loss:.4f}  val accuracy {val_acc:.2%}  ({time.time() - started:.0f}s)", flush=True)
+        elapsed = time.time() - started
+        print(
+            f"epoch {epoch}/{args.epochs}  loss {loss:.4f}  val {val_acc:.2%}  ({elapsed:.0f}s)", flush=True
+        )
         if val_acc > best_val:
             best_val, best_state = val_acc, copy.deepcopy(model.state_dict())
 
@@ -158,7 +174,9 @@ def main(argv: list[str] | None = None) -> None:
         "photos": {split: dataset.split_photos(split) for split in dataset.SPLITS},
     }  # fmt: skip
     zoo.card_path(args.model, args.out).write_text(json.dumps(card, indent=2) + "\n")
-    print(f"wrote {weights} ({weights.stat().st_size / 1e6:.2f} MB) and {zoo.card_path(args.model, args.out)}")
+    print(
+        f"wrote {weights} ({weights.stat().st_size / 1e6:.2f} MB) and {zoo.card_path(args.model, args.out)}"
+    )
 
 
 if __name__ == "__main__":
