@@ -33,7 +33,7 @@ class NesPgdParams(AttackParams):
     sigma: float = Field(0.01, gt=0, le=0.5, description="NES search variance on [0, 1].")
     population: int = Field(48, ge=2, le=480, description="NES samples per estimate (antithetic pairs × 2).")
     learning_rate: float = Field(0.01, gt=0, le=0.5, description="PGD sign-step size η on [0, 1].")
-    momentum: float = Field(0.0, ge=0, lt=1, description="Momentum on the gradient estimate (0 = off).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum on the gradient estimate (0 = off).")
     max_iterations: int = Field(10_000, ge=1, description="PGD iterations at most (the budget also stops it).")
     targeted_start_epsilon: float = Field(1.0, gt=0, le=1, description="Targeted: ε of the starting clip.")
     epsilon_decay: float = Field(0.01, gt=0, le=0.5, description="Targeted: initial ε shrink per step.")
