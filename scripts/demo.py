@@ -35,7 +35,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     profile = stack.PROFILES["dev"]
-    os.environ.update(stack.environment(profile))
+    os.environ.update(stack.environment(profile, announce=False))
     started = stack.up("dev")
     try:
         return run_demo(args, f"http://127.0.0.1:{profile.api_port}")
