@@ -31,6 +31,7 @@ status: $(STAMP)
 
 bench: $(STAMP)           ## oracle throughput and audit-log cost → BENCHMARKS.md
 	$(PY) scripts/bench_oracle.py
+	$(PY) scripts/bench_audit.py
 
 train: $(STAMP)           ## retrain the default model (reproduces model_server/weights/)
 	$(PY) -m model_server.train --model mini_c3d

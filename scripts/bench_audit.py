@@ -25,7 +25,9 @@ from tqdm import tqdm  # noqa: E402
 
 from core.settings import get_settings  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
-from db.models import ApiKey, Job  # noqa: E402
+from sqlalchemy import delete  # noqa: E402
+
+from db.models import ApiKey, Job, QueryRecord  # noqa: E402
 from db.session import new_session, session_scope  # noqa: E402
 from worker.oracle_client import OracleClient  # noqa: E402
 
@@ -50,9 +52,18 @@ def _new_job(budget: int) -> str:
         return job.id
 
 
+def _drop_job(job_id: str) -> None:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        key = session.get(ApiKey, job.api_key_id)
+        session.execute(delete(QueryRecord).where(QueryRecord.job_id == job_id))
+        session.delete(job)
+        session.delete(key)
+
+
 def measure(batch: int, requests: int, shape: tuple[int, ...]) -> dict[str, float]:
-    client = OracleClient(_new_job(batch * requests + 1), "none", InstantOracle(), new_session,
-                          max_batch=batch)
+    job_id = _new_job(batch * requests + 1)
+    client = OracleClient(job_id, "none", InstantOracle(), new_session, max_batch=batch)
     clips = np.random.default_rng(0).integers(0, 256, size=(batch, *shape), dtype=np.uint8)
     timings = []
     for _ in tqdm(range(requests), desc=f"batch {batch}", leave=False):
@@ -60,6 +71,7 @@ def measure(batch: int, requests: int, shape: tuple[int, ...]) -> dict[str, floa
         client.query(clips)
         timings.append(time.perf_counter() - started)
     per_query_ms = 1000 * statistics.median(timings) / batch
+    _drop_job(job_id)
     return {"batch": batch, "per_request_ms": 1000 * statistics.median(timings), "per_query_ms": per_query_ms}
 
 
