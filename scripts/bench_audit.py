@@ -58,6 +58,7 @@ def _drop_job(job_id: str) -> None:
         key = session.get(ApiKey, job.api_key_id)
         session.execute(delete(QueryRecord).where(QueryRecord.job_id == job_id))
         session.delete(job)
+        session.flush()
         session.delete(key)
 
 
