@@ -2,7 +2,7 @@
 
     python -m model_server.archive [--models mini_c3d] [--store var/model_store]
 
-An archive holds handler.py, protocol.py and zoo.py (imported by the handler as top-level modules),
+An archive holds handler.py (which imports the protocol and the zoo from the installed package),
 the fp16 weights and the model card, and a model-config.yaml with the batching settings and the
 handler's options (which zoo architecture to build, the most clips a request may carry).
 """
@@ -23,7 +23,7 @@ from model_server import zoo
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_STORE = REPO_ROOT / "var" / "model_store"
-SOURCES = [PACKAGE_DIR / "handler.py", PACKAGE_DIR / "protocol.py", PACKAGE_DIR / "zoo.py"]
+SOURCES = [PACKAGE_DIR / "handler.py"]
 
 
 def model_config(name: str) -> dict:

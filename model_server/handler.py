@@ -1,7 +1,8 @@
 """TorchServe handler of the oracle protocol: uint8 clips in, top-1 answers out.
 
-Inside a `.mar` this file sits next to protocol.py, zoo.py, the fp16 weights and the model card, and
-imports them as top-level modules (TorchServe puts the extracted model dir on the worker's path).
+A `.mar` holds this file, the fp16 weights and the model card; the code (protocol, zoo architectures)
+comes from the installed `vaas` package, which TorchServe's Python environment shares with the API
+and the worker, so there is one copy of the architectures and of the protocol.
 
 Per-request errors: TorchServe hands the handler a batch of requests merged from several clients.
 A bad body must fail ITS request only, so instead of raising (a PredictionException fails every
@@ -21,11 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-try:  # inside the .mar: the extracted model dir is on sys.path
-    import protocol
-    import zoo
-except ImportError:  # from the repository (unit tests, tools)
-    from model_server import protocol, zoo
+from model_server import protocol, zoo
 
 logger = logging.getLogger(__name__)
 

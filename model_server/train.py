@@ -96,16 +96,20 @@ def save_fp16(model: nn.Module, path: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train a zoo model on the motion dataset.")
     parser.add_argument("--model", default="mini_c3d", choices=sorted(zoo.MODELS))
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, help="default: the model's TrainRecipe in zoo.py")
     parser.add_argument("--train-per-class", type=int, default=200)
     parser.add_argument("--val-per-class", type=int, default=40)
     parser.add_argument("--test-per-class", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-size", type=int, help="default: the model's TrainRecipe")
+    parser.add_argument("--lr", type=float, help="default: the model's TrainRecipe")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=zoo.WEIGHTS_DIR)
     args = parser.parse_args(argv)
+    recipe = zoo.entry(args.model).recipe
+    args.epochs = args.epochs or recipe.epochs
+    args.batch_size = args.batch_size or recipe.batch_size
+    args.lr = args.lr or recipe.lr
     command = shlex.join(["python", "-m", "model_server.train", *(sys.argv[1:] if argv is None else argv)])
 
     torch.manual_seed(args.seed)
