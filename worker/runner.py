@@ -36,8 +36,16 @@ class StopReason:
     time_limit = "time_limit"
 
 
-def run_job(job_id: str, settings: Settings | None = None, time_limit_exc: type[BaseException] = ()) -> str:
-    """Run (or resume) a job; returns its terminal status."""
+def run_job(
+    job_id: str,
+    settings: Settings | None = None,
+    time_limit_exc: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> str:
+    """Run (or resume) a job; returns its terminal status.
+
+    `time_limit_exc` is what the host raises at its soft time limit (Celery's SoftTimeLimitExceeded):
+    the job then ends with the best clip found so far instead of losing it.
+    """
     settings = settings or get_settings()
     job = _claim(job_id)
     if job is None:
