@@ -1,6 +1,8 @@
 """Build the `.mar` archives TorchServe serves.
 
-    python -m model_server.archive [--models mini_c3d] [--store var/model_store]
+    python -m model_server.archive [--models mini_c3d …] [--store var/model_store]
+
+Without --models it archives every zoo model whose weights and card exist (`available()`).
 
 An archive holds handler.py (which imports the protocol and the zoo from the installed package),
 the fp16 weights and the model card, and a model-config.yaml with the batching settings and the
@@ -42,6 +44,15 @@ def model_config(name: str) -> dict:
 def inputs(name: str, weights_dir: Path = zoo.WEIGHTS_DIR) -> list[Path]:
     """Every file the archive of `name` is built from."""
     return [*SOURCES, zoo.weights_path(name, weights_dir), zoo.card_path(name, weights_dir)]
+
+
+def available(weights_dir: Path = zoo.WEIGHTS_DIR) -> list[str]:
+    """The zoo models whose weights and card exist (trained, or exported): those `serve` starts."""
+    return [
+        name
+        for name in sorted(zoo.MODELS)
+        if zoo.weights_path(name, weights_dir).exists() and zoo.card_path(name, weights_dir).exists()
+    ]
 
 
 def is_stale(name: str, store: Path) -> bool:
@@ -89,11 +100,13 @@ def build_archive(name: str, store: Path = DEFAULT_STORE) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build TorchServe .mar archives of zoo models.")
-    parser.add_argument("--models", nargs="+", default=sorted(zoo.MODELS), choices=sorted(zoo.MODELS))
+    parser.add_argument(
+        "--models", nargs="+", choices=sorted(zoo.MODELS), help="default: every zoo model with weights"
+    )
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE)
     args = parser.parse_args(argv)
     try:
-        for name in args.models:
+        for name in args.models or available():
             print(f"wrote {build_archive(name, args.store)}")
     except (FileNotFoundError, subprocess.CalledProcessError) as exc:
         sys.exit(f"error: {exc}")

@@ -1,9 +1,10 @@
 """Start, stop and inspect the local TorchServe oracle.
 
-    python -m model_server.serve start|stop|status [--store var/model_store] [--models mini_c3d]
+    python -m model_server.serve start|stop|status [--store var/model_store] [--models mini_c3d …]
 
 `start` (re)builds stale archives, starts TorchServe with model_server/config.properties, and
-returns once every model answers a prediction; starting a running server is a no-op. TorchServe
+returns once every model answers a prediction; starting a running server is a no-op. Without
+--models it serves every zoo model whose weights and card exist, one worker each. TorchServe
 writes its logs under var/logs/ (never into the caller's cwd).
 """
 
@@ -57,6 +58,15 @@ def _answers(oracle: OracleHTTP, name: str) -> bool:
         return False
 
 
+def weights_error(name: str) -> str | None:
+    """None when the model's weights load into its zoo architecture, else the first line of the error."""
+    try:
+        zoo.load_trained(name)
+    except Exception as exc:  # noqa: BLE001 — any failure means TorchServe's worker would fail too
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
 def wait_ready(oracle: OracleHTTP, models: list[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -72,12 +82,35 @@ def wait_ready(oracle: OracleHTTP, models: list[str], timeout_s: float) -> None:
 def start(
     store: Path = archive.DEFAULT_STORE, models: list[str] | None = None, timeout_s: float = 180.0
 ) -> bool:
-    """Start TorchServe unless it already answers; True when this call started it."""
-    models = models or sorted(zoo.MODELS)
+    """Start TorchServe unless it already answers; True when this call started it.
+
+    `models` defaults to every zoo model whose weights and card exist (archive.available()); models
+    of the zoo without weights yet are skipped with a note, so a partly trained zoo still serves.
+    """
     oracle = client()
+    explicit = models is not None
+    if models is None:
+        models = archive.available()
+        skipped = sorted(set(zoo.MODELS) - set(models))
+        if skipped:
+            print(f"not serving {skipped}: no weights yet (python -m model_server.train --model NAME)")
     if oracle.ping():
-        print(f"TorchServe is already running, serving {oracle.list_models()}; nothing to do")
+        served = oracle.list_models()
+        missing = sorted(set(models) - set(served))
+        note = f"; restart it to add {missing} (models are registered at start only)" if missing else ""
+        print(f"TorchServe is already running, serving {served}; nothing to do{note}")
         return False
+    # A worker that cannot load its weights retries forever and would hold up every other model:
+    # check each model loads here first (a second or two each). Defaults skip a broken model; an
+    # explicit --models list fails.
+    broken = {name: error for name in models if (error := weights_error(name))}
+    for name, error in broken.items():
+        print(f"not serving {name}: its weights do not load ({error})")
+    if broken and explicit:
+        raise ServeError(f"cannot serve {sorted(broken)}: their weights do not load")
+    models = [name for name in models if name not in broken]
+    if not models:
+        raise ServeError("no zoo model has loadable weights: train one first (python -m model_server.train)")
     for name in models:
         if archive.is_stale(name, store):
             print(f"archiving {name} …")
@@ -135,7 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Start, stop and inspect the local TorchServe oracle.")
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--store", type=Path, default=archive.DEFAULT_STORE)
-    parser.add_argument("--models", nargs="+", default=sorted(zoo.MODELS), choices=sorted(zoo.MODELS))
+    parser.add_argument(
+        "--models", nargs="+", choices=sorted(zoo.MODELS), help="default: every zoo model with weights"
+    )
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the models")
     args = parser.parse_args(argv)
     try:

@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = zoo.entry(args.model).input
     card = {
         "model": args.model,
+        "dataset": "motion",
+        "seed": args.seed,
         "labels": dataset.CLASS_NAMES,
         "input": {"frames": spec.frames, "height": spec.height, "width": spec.width,
                   "channels": 3, "dtype": "uint8", "layout": "NTHWC"},

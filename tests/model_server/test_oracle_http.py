@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.settings import REPO_ROOT, get_settings
-from model_server import dataset, zoo
+from model_server import archive, dataset, zoo
 from model_server.client import OracleHTTP
 from model_server.protocol import ANSWER_KEYS, encode_batch
 
@@ -40,7 +40,7 @@ def test_clips() -> np.ndarray:
 
 def test_every_model_answers_top1_only(oracle_http: OracleHTTP, test_clips: np.ndarray) -> None:
     models = oracle_http.list_models()
-    assert set(zoo.MODELS) <= set(models)
+    assert set(archive.available()) <= set(models)
     for model in models:
         response = post(model, encode_batch(test_clips[:3]))
         assert response.status_code == 200, response.text
@@ -54,7 +54,7 @@ def test_every_model_answers_top1_only(oracle_http: OracleHTTP, test_clips: np.n
 
 
 def test_labels_and_input_equal_the_model_card(oracle_http: OracleHTTP) -> None:
-    for model in zoo.MODELS:
+    for model in archive.available():
         spec = oracle_http.describe(model)
         card = zoo.load_card(model)
         assert spec is not None and spec.labels == card["labels"]
