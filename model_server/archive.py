@@ -61,12 +61,12 @@ def is_stale(name: str, store: Path) -> bool:
     return not mar.exists() or any(p.stat().st_mtime > mar.stat().st_mtime for p in inputs(name))
 
 
-def _archiver() -> str:
-    # The venv's bin dir first: the CLI is installed next to the interpreter running us.
-    local = Path(sys.executable).parent / "torch-model-archiver"
-    found = str(local) if local.exists() else shutil.which("torch-model-archiver")
+def venv_tool(name: str, hint: str) -> str:
+    """Path of a CLI, looked up in the venv's bin dir first (installed next to our interpreter)."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
     if not found:
-        raise FileNotFoundError("torch-model-archiver not found: install torch-model-archiver")
+        raise FileNotFoundError(f"{name} not found: {hint}")
     return found
 
 
@@ -84,7 +84,7 @@ def build_archive(name: str, store: Path = DEFAULT_STORE) -> Path:
         config.write_text(yaml.safe_dump(model_config(name), sort_keys=False))
         subprocess.run(
             [
-                _archiver(),
+                venv_tool("torch-model-archiver", "install torch-model-archiver"),
                 "--model-name", name,
                 "--version", "1.0",
                 "--handler", str(handler),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -41,11 +40,10 @@ def client() -> OracleHTTP:
 
 
 def _torchserve() -> str:
-    local = Path(sys.executable).parent / "torchserve"
-    found = str(local) if local.exists() else shutil.which("torchserve")
-    if not found:
-        raise ServeError("torchserve not found: install torchserve (and Java 17)")
-    return found
+    try:
+        return archive.venv_tool("torchserve", "install torchserve (and Java 17)")
+    except FileNotFoundError as exc:
+        raise ServeError(str(exc)) from exc
 
 
 def _answers(oracle: OracleHTTP, name: str) -> bool:
