@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     task_hard_time_limit_s: int = 3_660
     broker_visibility_timeout_s: int = 7_200
     checkpoint_every_s: float = 30.0
+    torch_threads: int = Field(
+        1, ge=1, description="Torch CPU threads per worker process (the attacker's surrogates and agents); "
+        "one per process keeps N worker processes from fighting over N cores."
+    )
 
     @property
     def upload_dir(self) -> Path:

@@ -93,6 +93,19 @@ def save_fp16(model: nn.Module, path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def recorded_command(argv: list[str]) -> str:
+    """The command for the card, without `--out DIR` (where files go changes no weight)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            kept.append(arg)
+    return shlex.join(["python", "-m", "model_server.train", *kept])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train a zoo model on the motion dataset.")
     parser.add_argument("--model", default="mini_c3d", choices=sorted(zoo.MODELS))
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     args.epochs = args.epochs or recipe.epochs
     args.batch_size = args.batch_size or recipe.batch_size
     args.lr = args.lr or recipe.lr
-    command = shlex.join(["python", "-m", "model_server.train", *(sys.argv[1:] if argv is None else argv)])
+    command = recorded_command(sys.argv[1:] if argv is None else argv)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model_server.architectures.c3d import C3D
 from model_server.architectures.frame_consensus import effnet_lite0_consensus
 from model_server.architectures.mini_c3d import MiniC3D
 from model_server.architectures.tsm import TSM
@@ -65,6 +66,8 @@ MODELS: dict[str, ZooEntry] = {
     "tsm": ZooEntry(
         builder=TSM, input=InputSpec(frames=16, height=112, width=112), recipe=TrainRecipe(epochs=8, lr=2e-3)
     ),
+    # The papers' 3D CNN (V-BAD, Heuristic, RLSB attack C3D), plain RGB input as in the paper.
+    "c3d": ZooEntry(builder=C3D, input=InputSpec(frames=16, height=112, width=112), recipe=TrainRecipe(epochs=14)),
 }
 
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_process_init
 
 from core.settings import get_settings
 
@@ -40,6 +41,14 @@ def make_celery() -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+@worker_process_init.connect
+def _limit_torch_threads(**_: object) -> None:
+    """Each worker process runs one job; its surrogate work gets `torch_threads` threads."""
+    import torch
+
+    torch.set_num_threads(get_settings().torch_threads)
 
 
 celery_app = make_celery()

@@ -59,6 +59,7 @@ def run_job(
     tracker = _initial_tracker(job, clean, goal, checkpoints)
     started = time.monotonic()
     reason, error, oracle_down = StopReason.finished, None, False
+    ctx: AttackContext | None = None
     try:
         attack = build_attack(job.attack, job.params)
         ctx = AttackContext(
@@ -69,6 +70,7 @@ def run_job(
             rng=np.random.default_rng([attack.params.seed, job.attempts - 1]),
             reference_clips=_reference_clips(job.model),
             resume_from=checkpoints.load(),
+            victim=job.model,
         )
         attack.run(ctx)
     except BudgetExhausted:
@@ -84,8 +86,9 @@ def run_job(
         error = f"{type(exc).__name__}: {exc}"
     try:
         verify = reason != StopReason.cancelled and not oracle_down
+        trace = ctx.trace if ctx is not None else {}
         return _finish(job, clean, tracker, oracle if verify else None, reason, error, started, settings,
-                       checkpoints)
+                       checkpoints, trace)
     finally:
         http.close()
 
@@ -171,6 +174,7 @@ def _finish(
     started: float,
     settings: Settings,
     checkpoints: Checkpointer,
+    trace: dict,
 ) -> str:
     best = tracker.best
     verified = None
@@ -193,6 +197,7 @@ def _finish(
         "final_label_name": verified["label_name"] if verified else None,
         "final_probability": verified["probability"] if verified else None,
         "wall_time_s": round(time.monotonic() - started, 3),
+        "attack": trace,
     }
     with session_scope() as session:
         row = session.get(Job, job.id)

@@ -327,3 +327,20 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# What each victim in the zoo shares with the attacker's ImageNet image models (reports must say so).
+_LITE0_IN_VICTIM = {
+    "effnet_lite0_imagenet": "the same ImageNet EfficientNet-Lite0 weights (the victim averages it over frames)",
+    "tsm": "ImageNet EfficientNet-Lite0 weights (the victim fine-tunes a truncated Lite0 with temporal shift)",
+    "lrcn": "ImageNet EfficientNet-Lite0 weights (the victim's frozen per-frame CNN is Lite0's first stages)",
+}
+
+
+def surrogate_overlap(victim: str, image_models: Sequence[str]) -> str | None:
+    """None when no image model shares weights with the victim, else what is shared."""
+    if "efficientnet_lite0" in image_models and victim in _LITE0_IN_VICTIM:
+        return _LITE0_IN_VICTIM[victim]
+    if victim.startswith("effnet") or victim in _LITE0_IN_VICTIM:
+        return "the EfficientNet-Lite family (ImageNet weights of a sibling model)"
+    return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model_server.architectures.common import NUM_CLASSES, Normalize
+from model_server.architectures.common import NUM_CLASSES, Normalize, frame_difference
 
 
 def _mid_channels(cin: int, cout: int, t: int = 3, d: int = 3) -> int:
@@ -60,8 +60,11 @@ class R2Plus1D(nn.Module):
       (112→28) instead of 2: the moving objects are tens of pixels wide.
     - 3 residual stages of one basic block each (paper: 4 stages of 2 blocks), widths 32-64-128
       (paper: 64-128-256-512); time is halved twice (16→4), space once more (28→14→7).
-    - Global average pooling and one linear classifier, as in the paper. Plain RGB input (no
-      frame-difference channels, no avg+max pooling trick).
+    - Input is RGB plus the frame-to-frame difference (6 channels), and the head pools average AND
+      max over space-time (paper: RGB in, global average pool). On plain RGB with average pooling
+      this network stayed at chance for the whole CPU training budget: the classes are the motion
+      of a small object over a static photo, a small part of what the network sees. The same two
+      changes made mini_c3d learn; C3D in this zoo keeps the paper's plain RGB input.
     """
 
     def __init__(
@@ -71,7 +74,7 @@ class R2Plus1D(nn.Module):
         w1, w2, w3 = widths
         self.normalize = Normalize(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))
         self.stem = nn.Sequential(
-            nn.Conv3d(3, stem, (1, 7, 7), stride=(1, 4, 4), padding=(0, 3, 3), bias=False),
+            nn.Conv3d(6, stem, (1, 7, 7), stride=(1, 4, 4), padding=(0, 3, 3), bias=False),
             nn.BatchNorm3d(stem),
             nn.ReLU(inplace=True),
             nn.Conv3d(stem, stem, (3, 1, 1), padding=(1, 0, 0), bias=False),
@@ -83,8 +86,9 @@ class R2Plus1D(nn.Module):
             ResBlock2Plus1D(w1, w2, (2, 2, 2)),  # 8×7×7
             ResBlock2Plus1D(w2, w3, (2, 1, 1)),  # 4×7×7
         )
-        self.classifier = nn.Linear(w3, num_classes)
+        self.classifier = nn.Linear(2 * w3, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(self.stem(self.normalize(x)))
-        return self.classifier(x.mean(dim=(2, 3, 4)))
+        x = self.normalize(x)
+        x = self.layers(self.stem(torch.cat([x, frame_difference(x)], dim=1)))
+        return self.classifier(torch.cat([x.mean(dim=(2, 3, 4)), x.amax(dim=(2, 3, 4))], dim=1))

@@ -1,10 +1,12 @@
 """The attack registry: one module per paper or baseline; `ATTACKS[name]` is the attack's class."""
 from __future__ import annotations
 
+from worker.attacks.astfocus import AstFocus
 from worker.attacks.base import Attack, AttackParams
 from worker.attacks.nes_pgd import NesPgd
+from worker.attacks.vbad import Pbad, Srbad, Vbad
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (NesPgd,)}
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (NesPgd, Vbad, Pbad, Srbad, AstFocus)}
 
 
 def build_attack(name: str, raw_params: dict) -> Attack:

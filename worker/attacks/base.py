@@ -90,6 +90,10 @@ class AttackContext:
     reference_clips: Callable[[int, int], np.ndarray] | None = None
     # A checkpointed clip to resume from after a redelivery (None on a first run).
     resume_from: np.ndarray | None = None
+    # The victim's model name: only for reports (e.g. which surrogate shares weights with it).
+    victim: str = ""
+    # What the attack wants in the job's report (iterations, schedules, agents' choices); JSON-able.
+    trace: dict = field(default_factory=dict)
 
 
 class AttackParams(BaseModel):
