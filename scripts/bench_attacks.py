@@ -135,7 +135,7 @@ def main() -> None:
     runner.add_argument("--attacks", nargs="+", default=DEFAULT_ATTACKS)
     runner.add_argument("--goal", choices=["untargeted", "targeted", "both"], default="both")
     runner.add_argument("--per-class", type=int, default=2, choices=[1, 2], help="attack-set clips per class")
-    runner.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 1))
+    runner.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="attacks run in parallel")
     runner.add_argument("--threads", type=int, default=1, help="torch threads per job")
     runner.add_argument("--results", type=Path, default=RESULTS)
     shower = sub.add_parser("table", help="print the markdown table of a results file")

@@ -273,19 +273,20 @@ class FocusAgents:
         self.candidates = candidate_boxes(height, width, params.patch_size, params.candidates_per_side)
         self.limit = min(params.max_key_frames, frames)
         self.frames = frames
-        maps = _backbone(4).features(clean).float().cpu().clone()  # e_i, Eq. 4 (computed once, Algorithm 1 line 2)
-        self.maps = maps
-        pooled = maps.mean(dim=(2, 3))
-        self.pooled = pooled
-        self.unit_features = torch.nn.functional.normalize(pooled, dim=1).numpy()
-        self.patch_features = self._patch_features(maps, height, width)
-        self.objectness = (
-            edgebox_objectness(clean, self.candidates)
-            if params.edgebox_reward and self.learns_spatial else None
-        )
         self.memory: list[Transition] = []
-        if self.learned:
-            self._build(frames, maps.shape[1], maps.shape[2])
+        self.objectness = None
+        if self.learned:  # random agents and the baseline need no features, rewards or networks
+            self._observe(clean)
+            self._build(frames, self.maps.shape[1], self.maps.shape[2])
+
+    def _observe(self, clean: np.ndarray) -> None:
+        """The agents' state: e_i once per clip (Eq. 4, Algorithm 1 line 2) and the patch objectness."""
+        maps = _backbone(4).features(clean).float().cpu().clone()  # clone: leave inference mode
+        self.maps, self.pooled = maps, maps.mean(dim=(2, 3))
+        self.unit_features = self.torch.nn.functional.normalize(self.pooled, dim=1).numpy()
+        self.patch_features = self._patch_features(maps, *clean.shape[1:3])
+        if self.p.edgebox_reward and self.learns_spatial:
+            self.objectness = edgebox_objectness(clean, self.candidates)
 
     # ------------------------------------------------------------------ which agents act, and how
     @property
@@ -395,8 +396,10 @@ class FocusAgents:
 
     # ------------------------------------------------------------------ rewards and PPO
     def rewards(self, focus: Focus, common: float) -> tuple[float, float]:
-        """Eq. 11 and Eq. 16 with the enabled terms."""
+        """Eq. 11 and Eq. 16 with the enabled terms (nothing learns from them without agents)."""
         p = self.p
+        if not self.learned:
+            return common, common
         spatial = common
         if self.objectness is not None and focus.patches[0] >= 0:
             spatial += p.lambda1 * float(np.mean(self.objectness[np.arange(self.frames), focus.patches]))
