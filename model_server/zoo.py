@@ -18,7 +18,9 @@ from torch import nn
 
 from model_server.architectures.c3d import C3D
 from model_server.architectures.frame_consensus import effnet_lite0_consensus
+from model_server.architectures.lrcn import LRCN
 from model_server.architectures.mini_c3d import MiniC3D
+from model_server.architectures.r2plus1d import R2Plus1D
 from model_server.architectures.tsm import TSM
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -68,6 +70,12 @@ MODELS: dict[str, ZooEntry] = {
     ),
     # The papers' 3D CNN (V-BAD, Heuristic, RLSB attack C3D), plain RGB input as in the paper.
     "c3d": ZooEntry(builder=C3D, input=InputSpec(frames=16, height=112, width=112), recipe=TrainRecipe(epochs=14)),
+    # CNN + LSTM (V-BAD and the heuristic attack's LRCN) on a frozen pretrained Lite0.
+    "lrcn": ZooEntry(builder=LRCN, input=InputSpec(frames=16, height=112, width=112), recipe=TrainRecipe(epochs=30)),
+    # Factorised (2+1)D residual network, the zoo's I3D/SlowFast/R(2+1)D family member.
+    "r2plus1d": ZooEntry(
+        builder=R2Plus1D, input=InputSpec(frames=16, height=112, width=112), recipe=TrainRecipe(epochs=10)
+    ),
 }
 
 
