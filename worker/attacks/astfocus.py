@@ -48,7 +48,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from worker.attacks.base import Attack, AttackContext, AttackParams
+from worker.attacks.base import Attack, AttackContext, AttackParams, targeted_start
 from worker.attacks.primitives import in_levels, nes_gradient, project_linf, to_levels
 
 Agents = Literal["both", "spatial", "temporal", "none"]
@@ -542,7 +542,7 @@ class AstFocus(Attack):
         p = self.params
         goal_eps, lr = to_levels(p.epsilon), in_levels(p.learning_rate)
         decay = max(1, to_levels(p.epsilon_decay))
-        x, eps, score = self._targeted_start(ctx)
+        x, eps, score = targeted_start(ctx, to_levels(p.targeted_start_epsilon), p.reference_scan, self.name)
         if x is None:
             ctx.trace["stopped"] = "no reference clip was classified as the target"
             return
@@ -564,21 +564,6 @@ class AstFocus(Attack):
                 lr = max(1.0, lr / 2)
             agents.learn(focus, *agents.rewards(focus, common_reward(score, new_score)))
             score = new_score if ctx.goal.is_met(answer["label"]) else score
-
-    def _targeted_start(self, ctx: AttackContext) -> tuple[np.ndarray | None, int, float]:
-        start_eps = to_levels(self.params.targeted_start_epsilon)
-        if ctx.resume_from is not None:
-            return ctx.resume_from, int(np.abs(ctx.resume_from.astype(np.int16) - ctx.clean).max()), 0.0
-        if ctx.reference_clips is None:
-            raise ValueError("targeted astfocus needs attacker-owned clips of the target class for this model")
-        for clip in ctx.reference_clips(ctx.goal.target_label, self.params.reference_scan):
-            start = project_linf(clip.astype(np.float32), ctx.clean, start_eps)
-            answer = ctx.oracle.query(start[None])[0]
-            if ctx.goal.is_met(answer["label"]):
-                score = ctx.goal.score(answer)
-                ctx.tracker.offer(start, score, success=False, answer=answer)
-                return start, start_eps, score
-        return None, start_eps, 0.0
 
 
 def _backbone_overlap(victim: str) -> str | None:

@@ -115,3 +115,27 @@ class Attack(ABC):
     @abstractmethod
     def run(self, ctx: AttackContext) -> None:
         """Run until the goal is met or the attack ends; BudgetExhausted/JobCancelled may escape."""
+
+
+def targeted_start(ctx: AttackContext, start_eps: int, scan: int, attack: str) -> tuple[np.ndarray | None, int, float]:
+    """Where a targeted attack starts under a top-1 oracle: (clip, ε in levels, its goal score).
+
+    The first of `scan` attacker-owned clips of the target class that the oracle puts in the target
+    class, projected into the `start_eps` ball around the clean clip (every scan query is counted);
+    after a redelivery, the checkpointed clip at its own ε. (None, …) when no scanned clip works.
+    """
+    from worker.attacks.primitives import project_linf
+
+    if ctx.resume_from is not None:
+        eps = int(np.abs(ctx.resume_from.astype(np.int16) - ctx.clean).max())
+        return ctx.resume_from, eps, ctx.tracker.best.score
+    if ctx.reference_clips is None:
+        raise ValueError(f"targeted {attack} needs attacker-owned clips of the target class for this model")
+    for clip in ctx.reference_clips(ctx.goal.target_label, scan):
+        start = project_linf(clip.astype(np.float32), ctx.clean, start_eps)
+        answer = ctx.oracle.query(start[None])[0]
+        if ctx.goal.is_met(answer["label"]):
+            score = ctx.goal.score(answer)
+            ctx.tracker.offer(start, score, success=False, answer=answer)
+            return start, start_eps, score
+    return None, start_eps, 0.0

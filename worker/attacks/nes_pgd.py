@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from worker.attacks.base import Attack, AttackContext, AttackParams
+from worker.attacks.base import Attack, AttackContext, AttackParams, targeted_start
 from worker.attacks.primitives import (
     antithetic_noise,
     in_levels,
@@ -71,7 +71,9 @@ class NesPgd(Attack):
     def _run_targeted(self, ctx: AttackContext) -> None:
         p = self.params
         goal_eps = to_levels(p.epsilon)
-        x, eps = self._targeted_start(ctx)
+        x, eps, _ = targeted_start(
+            ctx, to_levels(p.targeted_start_epsilon), p.reference_scan, self.name
+        )
         if x is None:
             return
         decay = max(1, to_levels(p.epsilon_decay))
@@ -95,23 +97,6 @@ class NesPgd(Attack):
                 else:
                     lr = max(1.0, lr / 2)  # even keeping ε, the step overshot: smaller steps
                     break
-
-    def _targeted_start(self, ctx: AttackContext) -> tuple[np.ndarray | None, int]:
-        """A clip the oracle puts in the target class, projected to the starting ε around clean."""
-        start_eps = to_levels(self.params.targeted_start_epsilon)
-        if ctx.resume_from is not None:
-            eps = int(np.abs(ctx.resume_from.astype(np.int16) - ctx.clean).max())
-            return ctx.resume_from, eps
-        if ctx.reference_clips is None:
-            raise ValueError("targeted nes_pgd needs reference clips of the target class for this model")
-        candidates = ctx.reference_clips(ctx.goal.target_label, self.params.reference_scan)
-        for clip in candidates:
-            start = project_linf(clip.astype(np.float32), ctx.clean, start_eps)
-            answer = ctx.oracle.query(start[None])[0]
-            if ctx.goal.is_met(answer["label"]):
-                ctx.tracker.offer(start, ctx.goal.score(answer), success=False, answer=answer)
-                return start, start_eps
-        return None, start_eps
 
     # ------------------------------------------------------------------ shared steps
     def _estimate(self, ctx: AttackContext, x: np.ndarray, eps: int) -> tuple[np.ndarray, bool]:

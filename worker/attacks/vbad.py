@@ -48,7 +48,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from worker.attacks.base import Attack, AttackContext, AttackParams
+from worker.attacks.base import Attack, AttackContext, AttackParams, targeted_start
 from worker.attacks.primitives import in_levels, nes_gradient, project_linf, to_levels
 
 ImageModel = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -303,7 +303,7 @@ class Vbad(Attack):
     def _run_targeted(self, ctx: AttackContext) -> None:
         p = self.params
         goal_eps = to_levels(p.epsilon)
-        x, eps = self._targeted_start(ctx)
+        x, eps, _ = targeted_start(ctx, to_levels(p.targeted_start_epsilon), p.reference_scan, self.name)
         if x is None:
             ctx.trace["stopped"] = "no reference clip was classified as the target"
             return
@@ -339,21 +339,6 @@ class Vbad(Attack):
         if kept:
             ctx.tracker.offer(candidate, ctx.goal.score(answer), success=within_goal, answer=answer)
         return kept
-
-    def _targeted_start(self, ctx: AttackContext) -> tuple[np.ndarray | None, int]:
-        """x⁰ = a clip the oracle puts in the target class, inside the starting ε around the clean clip."""
-        start_eps = to_levels(self.params.targeted_start_epsilon)
-        if ctx.resume_from is not None:
-            return ctx.resume_from, int(np.abs(ctx.resume_from.astype(np.int16) - ctx.clean).max())
-        if ctx.reference_clips is None:
-            raise ValueError(f"targeted {self.name} needs attacker-owned clips of the target class for this model")
-        for clip in ctx.reference_clips(ctx.goal.target_label, self.params.reference_scan):
-            start = project_linf(clip.astype(np.float32), ctx.clean, start_eps)
-            answer = ctx.oracle.query(start[None])[0]
-            if ctx.goal.is_met(answer["label"]):
-                ctx.tracker.offer(start, ctx.goal.score(answer), success=False, answer=answer)
-                return start, start_eps
-        return None, start_eps
 
 
 @dataclass
