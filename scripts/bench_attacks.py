@@ -12,6 +12,10 @@ the next class ((source + 1) mod 10). `table` prints the markdown table that BEN
 fooling rate, queries (mean and median over successes, mean over all clips, as AstFocus Sec. 4.2
 argues), MAP and sparsity over all clips, frames perturbed, and wall time per attack.
 
+    .venv/bin/python scripts/bench_attacks.py probe --model mini_c3d --clip 12 --attack vbad --budget 1500
+                                                  [--target 7]   (--clip sample: samples/sample_clip.npy)
+
+`probe` runs one attack on one clip in process (1 torch thread) and prints its result.
 An attack spec is `name` or `name:key=value,key=value` (values parsed as JSON when they can be).
 """
 from __future__ import annotations
@@ -127,6 +131,26 @@ def table(args: argparse.Namespace) -> None:
               f"| {_fmt(_mean([r['seconds'] for r in items]), 1)} |")
 
 
+def probe(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from model_server import attack_set
+    from worker.inprocess import run_local
+
+    torch.set_num_threads(1)
+    if args.clip == "sample":
+        clip = np.load(Path(__file__).resolve().parent.parent / "samples" / "sample_clip.npy")
+    else:
+        clip = attack_set.clips(args.model)[0][int(args.clip)]
+    name, params = parse_spec(args.attack)
+    result = run_local(name, params, args.model, clip, args.budget, target_label=args.target)
+    print(json.dumps({"attack": args.attack, "clip": args.clip, "success": result.success,
+                      "queries": result.queries, "map": round(result.metrics["map"], 2),
+                      "linf": result.metrics["linf"], "best_score": round(result.history[-1][1], 3) if result.history else None,
+                      "seconds": round(result.seconds, 1)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)
@@ -140,9 +164,15 @@ def main() -> None:
     runner.add_argument("--results", type=Path, default=RESULTS)
     shower = sub.add_parser("table", help="print the markdown table of a results file")
     shower.add_argument("--results", type=Path, default=RESULTS)
+    prober = sub.add_parser("probe", help="one attack on one clip, in process")
+    prober.add_argument("--model", default="mini_c3d")
+    prober.add_argument("--clip", default="sample", help="attack-set index, or 'sample'")
+    prober.add_argument("--attack", required=True)
+    prober.add_argument("--budget", type=int, default=1500)
+    prober.add_argument("--target", type=int)
     args = parser.parse_args()
     started = time.monotonic()
-    run(args) if args.action == "run" else table(args)
+    {"run": run, "table": table, "probe": probe}[args.action](args)
     if args.action == "run":
         print(f"done in {time.monotonic() - started:.0f} s")
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from model_server.protocol import Prediction
+from worker.attacks.base import Attack, AttackContext, Best, Goal, Tracker
 from worker.oracle_client import BudgetExhausted
 
 
@@ -55,3 +56,18 @@ class LinearOracle:
 @pytest.fixture
 def toy_clip() -> np.ndarray:
     return np.random.default_rng(3).integers(40, 216, size=(4, 16, 16, 3), dtype=np.uint8)
+
+
+def run_on_toy(attack: Attack, clean: np.ndarray, budget: int, **oracle_kw: float) -> tuple[LinearOracle, Tracker]:
+    """Run an untargeted attack the way the runner does (clean query first) against a LinearOracle."""
+    oracle = LinearOracle(clean, budget, **oracle_kw)
+    first = oracle.query(clean[None])[0]
+    goal = Goal(source_label=first["label"])
+    tracker = Tracker(best=Best(clip=clean, score=goal.score(first), success=False))
+    ctx = AttackContext(clean=clean, oracle=oracle, goal=goal, tracker=tracker,
+                        rng=np.random.default_rng([attack.params.seed, 0]))
+    try:
+        attack.run(ctx)
+    except BudgetExhausted:
+        pass
+    return oracle, tracker

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.attacks.conftest import LinearOracle
+from tests.attacks.conftest import run_on_toy
 from worker.attacks.astfocus import (
     AstFocus,
     AstFocusParams,
@@ -17,9 +17,7 @@ from worker.attacks.astfocus import (
     representative_reward,
     sparse_reward,
 )
-from worker.attacks.base import AttackContext, Best, Goal, Tracker
 from worker.attacks.ppo import clipped_surrogate, generalized_advantages
-from worker.oracle_client import BudgetExhausted
 
 
 def test_candidates_are_65px_patches_overlapping_across_a_112px_frame():
@@ -121,34 +119,19 @@ def test_ppo_moves_the_temporal_agent_towards_the_sparse_reward_optimum():
     assert mean_key_frames() < 1.5
 
 
-def _run(params: dict, clean: np.ndarray, budget: int, **oracle_kw) -> tuple[LinearOracle, Tracker]:
-    attack = AstFocus(AstFocusParams(**params))
-    oracle = LinearOracle(clean, budget, **oracle_kw)
-    first = oracle.query(clean[None])[0]
-    goal = Goal(source_label=first["label"])
-    tracker = Tracker(best=Best(clip=clean, score=goal.score(first), success=False))
-    ctx = AttackContext(clean=clean, oracle=oracle, goal=goal, tracker=tracker,
-                        rng=np.random.default_rng([attack.params.seed, 0]))
-    try:
-        attack.run(ctx)
-    except BudgetExhausted:
-        pass
-    return oracle, tracker
-
-
 SMALL = {"patch_size": 8, "candidates_per_side": 3, "max_key_frames": 2}
 
 
 @pytest.mark.parametrize("ablation", [{}, {"agents": "spatial"}, {"agents": "temporal"}, {"agents": "none"},
                                       {"random_agents": True}])
 def test_every_ablation_fools_a_linear_model_inside_the_ball(ablation, toy_clip):
-    oracle, tracker = _run({**SMALL, **ablation}, toy_clip, budget=3000)
+    oracle, tracker = run_on_toy(AstFocus(AstFocusParams(**SMALL, **ablation)), toy_clip, budget=3000)
     assert tracker.best.success and oracle.used <= 3000
     assert np.abs(tracker.best.clip.astype(int) - toy_clip).max() <= 12
 
 
 def test_budget_is_never_exceeded_and_the_same_seed_repeats_every_query(toy_clip):
     hard = {"scale": 2e-5, "bias": 9.0}
-    first, _ = _run({**SMALL, "seed": 4}, toy_clip, 200, **hard)
-    second, _ = _run({**SMALL, "seed": 4}, toy_clip, 200, **hard)
+    first, _ = run_on_toy(AstFocus(AstFocusParams(**SMALL, seed=4)), toy_clip, 200, **hard)
+    second, _ = run_on_toy(AstFocus(AstFocusParams(**SMALL, seed=4)), toy_clip, 200, **hard)
     assert first.used == 200 and first.log == second.log

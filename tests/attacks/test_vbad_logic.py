@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker.attacks.base import AttackContext, Best, Goal, Tracker
 from worker.attacks.vbad import (
     Pbad,
     PbadParams,
@@ -19,8 +18,7 @@ from worker.attacks.vbad import (
     transformed_losses,
     uniform_partition,
 )
-from worker.oracle_client import BudgetExhausted
-from tests.attacks.conftest import LinearOracle
+from tests.attacks.conftest import run_on_toy
 
 SHAPE = (16, 112, 112, 3)
 
@@ -82,24 +80,10 @@ def test_targeted_schedule_halves_alpha_on_mostly_failed_tries_and_decay_after_p
     assert tiny.alpha == 1.0 and tiny.decay == 1  # never below one uint8 level
 
 
-def _run(attack, clean: np.ndarray, budget: int, **oracle_kw) -> tuple[LinearOracle, Tracker]:
-    oracle = LinearOracle(clean, budget, **oracle_kw)
-    first = oracle.query(clean[None])[0]
-    goal = Goal(source_label=first["label"])
-    tracker = Tracker(best=Best(clip=clean, score=goal.score(first), success=False))
-    ctx = AttackContext(clean=clean, oracle=oracle, goal=goal, tracker=tracker,
-                        rng=np.random.default_rng([attack.params.seed, 0]))
-    try:
-        attack.run(ctx)
-    except BudgetExhausted:
-        pass
-    return oracle, tracker
-
-
 @pytest.mark.parametrize("variant", [Srbad(Srbad.Params()), Pbad(PbadParams()),
                                      Vbad(VbadParams(tentative="random"))])
 def test_static_and_random_variants_fool_a_linear_model_inside_the_ball(variant, toy_clip):
-    oracle, tracker = _run(variant, toy_clip, budget=3000)
+    oracle, tracker = run_on_toy(variant, toy_clip, budget=3000)
     assert tracker.best.success
     assert oracle.used <= 3000
     assert np.abs(tracker.best.clip.astype(int) - toy_clip).max() <= 12
@@ -107,9 +91,9 @@ def test_static_and_random_variants_fool_a_linear_model_inside_the_ball(variant,
 
 def test_budget_is_never_exceeded_and_the_same_seed_repeats_every_query(toy_clip):
     hard = {"scale": 2e-5, "bias": 9.0}  # unreachable in the ball: the attack runs out of budget
-    first, _ = _run(Srbad(Srbad.Params(seed=5)), toy_clip, budget=201, **hard)
-    second, _ = _run(Srbad(Srbad.Params(seed=5)), toy_clip, budget=201, **hard)
-    other, _ = _run(Srbad(Srbad.Params(seed=6)), toy_clip, budget=201, **hard)
+    first, _ = run_on_toy(Srbad(Srbad.Params(seed=5)), toy_clip, budget=201, **hard)
+    second, _ = run_on_toy(Srbad(Srbad.Params(seed=5)), toy_clip, budget=201, **hard)
+    other, _ = run_on_toy(Srbad(Srbad.Params(seed=6)), toy_clip, budget=201, **hard)
     assert first.used == 201
     assert first.log == second.log
     assert first.log != other.log

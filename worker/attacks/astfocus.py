@@ -49,7 +49,7 @@ import numpy as np
 from pydantic import Field
 
 from worker.attacks.base import Attack, AttackContext, AttackParams, targeted_start
-from worker.attacks.primitives import in_levels, nes_gradient, project_linf, to_levels
+from worker.attacks.primitives import antithetic_noise, in_levels, nes_gradient, project_linf, to_levels
 
 Agents = Literal["both", "spatial", "temporal", "none"]
 
@@ -485,9 +485,7 @@ class AstFocus(Attack):
         mask = agents.mask(focus, x.shape)
         self._trace_focus(ctx, focus, mask)
         sigma = p.probe(ctx.goal.targeted)
-        pairs = p.samples // 2
-        half = ctx.rng.standard_normal((pairs, *x.shape), dtype=np.float32) * mask
-        noise = np.stack([half, -half], axis=1).reshape(2 * pairs, *x.shape)
+        noise = antithetic_noise(ctx.rng, x.shape, p.samples // 2) * mask  # only the focused sub-video
         samples = np.stack([project_linf(x + in_levels(sigma) * u, ctx.clean, eps) for u in noise])
         answers = ctx.oracle.query(samples, partial=True)
         losses = np.empty(len(answers), dtype=np.float32)

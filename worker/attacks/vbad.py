@@ -49,7 +49,7 @@ import numpy as np
 from pydantic import Field
 
 from worker.attacks.base import Attack, AttackContext, AttackParams, targeted_start
-from worker.attacks.primitives import in_levels, nes_gradient, project_linf, to_levels
+from worker.attacks.primitives import antithetic_noise, in_levels, nes_gradient, project_linf, to_levels
 
 ImageModel = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 Tentative = Literal["transferred", "static", "random"]
@@ -262,9 +262,7 @@ class Vbad(Attack):
         signs = self._tentative_signs(ctx, x)  # Eq. 2
         partition = self._partition(ctx, x.shape)  # Eq. 3
         sigma = p.probe(ctx.goal.targeted)
-        pairs = p.population // 2
-        half = ctx.rng.standard_normal((pairs, partition.count), dtype=np.float32)
-        deltas = np.stack([half, -half], axis=1).reshape(2 * pairs, partition.count)  # antithetic δ_k
+        deltas = antithetic_noise(ctx.rng, (partition.count,), p.population // 2)  # δ_k over patch weights
         probe = in_levels(sigma)
         samples = np.stack([project_linf(x + probe * rectify(d, partition, signs), ctx.clean, eps) for d in deltas])
         answers = ctx.oracle.query(samples, partial=True)
