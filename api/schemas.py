@@ -42,14 +42,18 @@ class JobLinks(BaseModel):
 
 class JobOut(BaseModel):
     id: str
+    kind: Literal["attack", "pretrain"] = Field(
+        description="`attack`: an attack on the uploaded clip; `pretrain`: RLSB policy pre-training "
+                    "(no clip; see /policies)."
+    )
     status: JobStatus
     attack: str
     model: str
     goal: Literal["untargeted", "targeted"]
     target_label: int | None
-    source_label: int = Field(description="The oracle's top-1 label for the clean clip.")
-    source_label_name: str
-    source_probability: float
+    source_label: int | None = Field(description="The oracle's top-1 label for the clean clip (None: pretrain).")
+    source_label_name: str | None
+    source_probability: float | None
     params: dict[str, Any] = Field(description="The attack's parameters, defaults filled in.")
     progress: Progress
     metrics: dict[str, Any] | None
@@ -64,6 +68,7 @@ class JobOut(BaseModel):
         base = f"/jobs/{job.id}"
         return cls(
             id=job.id,
+            kind=job.kind,
             status=JobStatus(job.status),
             attack=job.attack,
             model=job.model,

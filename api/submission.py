@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -314,6 +314,31 @@ def enqueue(session: Session, job: Job) -> None:
         ) from exc
 
 
+def resolve_policy(session: Session, key: ApiKey, submission: Submission) -> Submission:
+    """An rlsb job records the exact policy it will use: the one it names, or the newest that fits."""
+    if submission.attack != "rlsb" or submission.params.get("pretrain_inline_queries"):
+        return submission
+    from api.routes.policies import latest_policy, owned_policy_job
+
+    named = submission.params.get("policy")
+    if named:
+        job = owned_policy_job(session, key, named)
+        if job.model != submission.model or job.goal != submission.goal:
+            raise _unprocessable(f"policy {named} was pre-trained for {job.model} ({job.goal}), not "
+                                 f"{submission.model} ({submission.goal}); pick another (GET /policies)")
+        if job.status != JobStatus.succeeded.value:
+            raise _unprocessable(f"policy {named} is not ready (pre-training is {job.status}); "
+                                 f"wait for it or pick another (GET /policies)")
+        return submission
+    job = latest_policy(session, key, submission.model, submission.goal)
+    if job is None:
+        raise _unprocessable(
+            f"rlsb needs a pre-trained policy for {submission.model} ({submission.goal}) and this key has none: "
+            f'POST /policies {{"model": "{submission.model}", "goal": "{submission.goal}", "max_queries": 20000}} '
+            "first, or set params.pretrain_inline_queries to pre-train inside this job")
+    return replace(submission, params={**submission.params, "policy": job.id})
+
+
 def create_job(
     session: Session,
     key: ApiKey,
@@ -326,6 +351,7 @@ def create_job(
     spec = describe_model(oracle, submission.model)
     clip = decode_upload(bytes(upload.data), spec, settings)
     check_target_range(submission.target_label, spec)
+    submission = resolve_policy(session, key, submission)
     clean = query_clean(oracle, submission.model, clip)
     check_target_differs(submission.target_label, clean.prediction)
     job = persist_job(session, key, submission, upload, clip, clean, settings)

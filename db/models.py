@@ -70,22 +70,35 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class JobKind(str, enum.Enum):
+    attack = "attack"  # an attack on one uploaded clip
+    pretrain = "pretrain"  # RL policy pre-training (RLSB): queries the oracle with attacker-owned clips
+
+
 class Job(Base):
+    """A unit of work that spends oracle queries under its own budget and audit log.
+
+    Attack jobs carry the uploaded clip and the oracle's answer for it (`source_*`, `input_*`);
+    pre-training jobs have no clip, so those columns are NULL for them.
+    """
+
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint("queries_used >= 0 AND queries_used <= max_queries", name="budget_bounds"),
         Index("ix_jobs_owner_created", "api_key_id", "created_at"),
+        Index("ix_jobs_owner_kind_model", "api_key_id", "kind", "model"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    kind: Mapped[str] = mapped_column(String(16), default=JobKind.attack.value, server_default=JobKind.attack.value)
     attack: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(128))
     goal: Mapped[str] = mapped_column(String(16))  # untargeted | targeted
     target_label: Mapped[int | None] = mapped_column(Integer)
-    source_label: Mapped[int] = mapped_column(Integer)  # the oracle's label for the clean clip
-    source_label_name: Mapped[str] = mapped_column(String(200))
-    source_probability: Mapped[float] = mapped_column(Float)
+    source_label: Mapped[int | None] = mapped_column(Integer)  # the oracle's label for the clean clip
+    source_label_name: Mapped[str | None] = mapped_column(String(200))
+    source_probability: Mapped[float | None] = mapped_column(Float)
     params: Mapped[dict] = mapped_column(JSON, default=dict)
     max_queries: Mapped[int] = mapped_column(Integer)
     queries_used: Mapped[int] = mapped_column(Integer, default=0)
@@ -95,8 +108,8 @@ class Job(Base):
     best_score: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
-    input_filename: Mapped[str] = mapped_column(String(255))
-    input_sha256: Mapped[str] = mapped_column(String(64))
+    input_filename: Mapped[str | None] = mapped_column(String(255))
+    input_sha256: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -132,7 +145,7 @@ class Artifact(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(32))  # input | adversarial_npy | adversarial_mkv | checkpoint
+    kind: Mapped[str] = mapped_column(String(32))  # input | adversarial_npy | adversarial_mkv | policy
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))

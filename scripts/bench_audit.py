@@ -21,12 +21,11 @@ from scripts import stack  # noqa: E402
 os.environ.update(stack.environment(stack.PROFILES["test"]))
 
 import numpy as np  # noqa: E402
+from sqlalchemy import delete  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from core.settings import get_settings  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
-from sqlalchemy import delete  # noqa: E402
-
 from db.models import ApiKey, Job, QueryRecord  # noqa: E402
 from db.session import new_session, session_scope  # noqa: E402
 from worker.oracle_client import OracleClient  # noqa: E402

@@ -3,6 +3,10 @@
 Each attack and named variant must: succeed untargeted on an easy clip within its budget; reach the
 target on at least one clip; never let a query escape the budget (audit rows == queries_used ≤
 max_queries); and repeat every query for the same seed.
+
+Decision-based attacks (hard label) are adversarial from their first accepted start and then shrink
+the perturbation; for them "succeeds" also means the reported MAP curve went down and the job's clip
+is the curve's last point.
 """
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ MODEL = "mini_c3d"
 # mini_c3d's attack set, clip 12: a correctly classified `rotate_cw` clip at p = 0.66, easy to move.
 EASY = 12
 SCORE_BASED = ["vbad", "pbad", "srbad", "astfocus"]
+DECISION_BASED = ["opt", "sign_opt", "heuristic"]
+DECISION_BUDGET = 800
+# Transfer from the attacker's white-box surrogate; each oracle query is a transfer check.
+TRANSFER = ["keyframe"]
 TARGET = 7  # rotate_ccw: clip 12 (rotate_cw) → its mirror motion
 # Targeted runs start from a clip of the target class at ε = 1 and shrink ε; at the papers' ε = 0.05 that
 # takes 10⁴ queries (a benchmark's job). Here ε = 0.2 and a faster shrink keep each run short.
@@ -61,6 +69,17 @@ def submitted(client, attack_clips) -> dict[tuple[str, str], str]:  # noqa: ANN0
             response = submit(client, body, attack=attack, model=MODEL, **form)
             assert response.status_code == 202, response.text
             ids[attack, goal] = response.json()["id"]
+    for attack in TRANSFER:
+        response = submit(client, body, attack=attack, model=MODEL, max_queries=DECISION_BUDGET)
+        assert response.status_code == 202, response.text
+        ids[attack, "untargeted"] = response.json()["id"]
+    for attack in DECISION_BASED:
+        runs = {"untargeted": dict(max_queries=DECISION_BUDGET),
+                "targeted": dict(max_queries=DECISION_BUDGET, goal="targeted", target_label=TARGET)}
+        for goal, form in runs.items():
+            response = submit(client, body, attack=attack, model=MODEL, **form)
+            assert response.status_code == 202, response.text
+            ids[attack, goal] = response.json()["id"]
     yield ids
     for job_id in ids.values():  # leave nothing running for the next tests
         wait_for(client, job_id)
@@ -91,18 +110,52 @@ def test_targeted_attack_reaches_the_target(client, submitted, attack):
     _check_budget(job)
 
 
-@pytest.mark.parametrize("attack", SCORE_BASED)
+@pytest.mark.parametrize("goal", ["untargeted", "targeted"])
+@pytest.mark.parametrize("attack", DECISION_BASED)
+def test_decision_attack_shrinks_an_adversarial_start_within_budget(client, submitted, attack, goal):
+    job = wait_for(client, submitted[attack, goal])
+    assert job["status"] == "succeeded", job
+    if goal == "targeted":
+        assert job["metrics"]["final_label"] == TARGET
+    curve = job["metrics"]["attack"]["map_curve"]
+    assert curve[-1][1] < curve[0][1]
+    assert job["metrics"]["map"] == pytest.approx(curve[-1][1], abs=1e-3)
+    _check_budget(job)
+
+
+@pytest.mark.parametrize("attack", TRANSFER)
+def test_transfer_attack_fools_the_victim_with_counted_checks(client, submitted, attack):
+    job = wait_for(client, submitted[attack, "untargeted"])
+    assert job["status"] == "succeeded", job
+    report = job["metrics"]["attack"]
+    # the clean query, one query per transfer check, the final verification: nothing else
+    assert job["progress"]["queries_used"] == 2 + len(report["transfer_checks"])
+    assert report["surrogate"]["owner"].startswith("attacker")
+    _check_budget(job)
+
+
+SAME_SEED_PARAMS = {
+    **{attack: {"seed": 3} for attack in SCORE_BASED},
+    # decision-based attacks are adversarial after their scan: no MAP bound, so they spend it all
+    **{attack: {"seed": 3, "map_bound": 0} for attack in DECISION_BASED},
+    # at ε = 0.05 the transfer fails on clip 0 and the NES finish spends the rest
+    "keyframe": {"seed": 3, "epsilon": 0.05, "finish_with": "nes_pgd"},
+}
+
+
+@pytest.mark.parametrize("attack", list(SAME_SEED_PARAMS))
 def test_budget_is_spent_exactly_and_the_same_seed_repeats_every_query(client, attack_clips, attack):
     clips, _ = attack_clips
-    body = _npy(clips[0])  # p = 0.99: no attack moves it in 100 queries
+    body = _npy(clips[0])  # p = 0.99: no score-based attack moves it in 100 queries
+    params = SAME_SEED_PARAMS[attack]
     ids = []
     for _ in range(2):  # one after the other, so TorchServe never merges their requests into one batch
-        response = submit(client, body, attack=attack, model=MODEL, max_queries=100,
-                          params=json.dumps({"seed": 3}))
+        response = submit(client, body, attack=attack, model=MODEL, max_queries=100, params=json.dumps(params))
         assert response.status_code == 202, response.text
         ids.append(response.json()["id"])
         job = wait_for(client, ids[-1])
-        assert job["status"] == "budget_exhausted", job
+        expected = "succeeded" if attack in DECISION_BASED else "budget_exhausted"
+        assert job["status"] == expected, job
         _check_budget(job)
         assert job["progress"]["queries_used"] == 100
     first, second = ([r.clip_sha256 for r in audit_rows(i)] for i in ids)

@@ -8,12 +8,13 @@ worker/oracle_client.py; this exists so a benchmark over hundreds of attacks fit
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from model_server.protocol import Prediction
-from worker.attacks import build_attack
+from worker.attacks import Attack, build_attack
 from worker.attacks.base import AttackContext, Best, Goal, Tracker
 from worker.metrics import perturbation_metrics
 from worker.oracle_client import BudgetExhausted
@@ -82,8 +83,12 @@ def run_local(
     max_queries: int,
     target_label: int | None = None,
     oracle: InProcessOracle | None = None,
+    prepare: Callable[[Attack], None] | None = None,
 ) -> LocalResult:
-    """One attack on one clip, in process, with the runner's rules: clean query first, verify last."""
+    """One attack on one clip, in process, with the runner's rules: clean query first, verify last.
+
+    `prepare(attack)` runs on the built attack before it starts (e.g. to hand RLSB its policy).
+    """
     from model_server import dataset, zoo
 
     oracle = oracle or InProcessOracle(model, max_queries)
@@ -94,6 +99,8 @@ def run_local(
     tracker = Tracker(best=Best(clip=clean, score=goal.score(first), success=False))
     tracker.on_improve = lambda best: history.append((oracle.used, best.score))
     built = build_attack(attack, params)
+    if prepare is not None:
+        prepare(built)
     motion = model in zoo.MODELS and zoo.entry(model).dataset == "motion"
     ctx = AttackContext(
         clean=clean, oracle=oracle, goal=goal, tracker=tracker,

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 
 from core.settings import Settings, get_settings
 from core.video import encode_ffv1, write_npy
-from db.models import Artifact, Job, JobStatus
+from db.models import Artifact, Job, JobKind, JobStatus
 from db.session import new_session, session_scope
 from model_server.client import OracleHTTP
 from worker.attacks import build_attack
@@ -50,6 +50,10 @@ def run_job(
     job = _claim(job_id)
     if job is None:
         return "skipped"
+    if job.kind == JobKind.pretrain.value:
+        from worker.pretraining import run_pretraining
+
+        return run_pretraining(job, settings, time_limit_exc)
     clean = np.load(_artifact_path(job_id, "input"), allow_pickle=False)
     http = OracleHTTP(settings.oracle_url, settings.oracle_management_url, settings.oracle_token,
                       settings.oracle_timeout_s)
@@ -72,6 +76,7 @@ def run_job(
             resume_from=checkpoints.load(),
             victim=job.model,
         )
+        _attach_policy(attack, job, ctx)
         attack.run(ctx)
     except BudgetExhausted:
         reason = StopReason.budget
@@ -91,6 +96,23 @@ def run_job(
                        checkpoints, trace)
     finally:
         http.close()
+
+
+def _attach_policy(attack: object, job: Job, ctx: AttackContext) -> None:
+    """RLSB: load the stored policy the job names; its pre-training queries are reported apart."""
+    policy_id = job.params.get("policy") if job.attack == "rlsb" else None
+    if not policy_id:
+        return
+    from worker.attacks.rlsb import load_policy
+
+    with session_scope() as session:
+        source = session.get(Job, policy_id)
+        path = session.scalar(select(Artifact.path).where(Artifact.job_id == policy_id, Artifact.kind == "policy"))
+        if source is None or path is None:
+            raise ValueError(f"policy {policy_id} has no stored policy file; pre-train again (POST /policies)")
+        ctx.trace["policy_pretraining"] = {"policy": policy_id, "queries": source.queries_used,
+                                    "seconds": (source.metrics or {}).get("seconds")}
+    attack.policy = load_policy(Path(path).read_bytes())
 
 
 def _claim(job_id: str) -> Job | None:

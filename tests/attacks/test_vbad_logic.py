@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.attacks.conftest import run_on_toy
 from worker.attacks.vbad import (
     Pbad,
     PbadParams,
@@ -18,7 +19,6 @@ from worker.attacks.vbad import (
     transformed_losses,
     uniform_partition,
 )
-from tests.attacks.conftest import run_on_toy
 
 SHAPE = (16, 112, 112, 3)
 
@@ -72,11 +72,15 @@ def test_targeted_schedule_halves_alpha_on_mostly_failed_tries_and_decay_after_p
     for _ in range(3):
         schedule.shrink_failed()
     assert schedule.decay == 4
-    schedule.shrink_failed(); schedule.shrink_succeeded()  # a success resets the count
-    schedule.shrink_failed(); schedule.shrink_failed()
+    schedule.shrink_failed()
+    schedule.shrink_succeeded()  # a success resets the count
+    for _ in range(2):
+        schedule.shrink_failed()
     assert schedule.decay == 4
     tiny = _TargetedSchedule(alpha=1.0, decay=1, patience=1, window=2)
-    tiny.step_tried(False); tiny.step_tried(False); tiny.shrink_failed()
+    for _ in range(2):
+        tiny.step_tried(False)
+    tiny.shrink_failed()
     assert tiny.alpha == 1.0 and tiny.decay == 1  # never below one uint8 level
 
 

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 from worker.attacks.astfocus import AstFocus
 from worker.attacks.base import Attack, AttackParams
+from worker.attacks.heuristic import Heuristic
+from worker.attacks.keyframe import KeyframeGrad
 from worker.attacks.nes_pgd import NesPgd
+from worker.attacks.opt import Opt
+from worker.attacks.rlsb import Rlsb
+from worker.attacks.sign_opt import SignOpt
 from worker.attacks.vbad import Pbad, Srbad, Vbad
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (NesPgd, Vbad, Pbad, Srbad, AstFocus)}
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (NesPgd, Vbad, Pbad, Srbad, AstFocus, Opt, SignOpt, Heuristic, KeyframeGrad, Rlsb)}
 
 
 def build_attack(name: str, raw_params: dict) -> Attack:

@@ -55,11 +55,15 @@ class Best:
     score: float
     success: bool
     answer: Prediction | None = None
+    distance: float | None = None  # decision-based attacks: the MAP of an adversarial clip
 
 
 @dataclass
 class Tracker:
     """Keeps the best clip seen so far; a success always beats a non-success.
+
+    Between two successes that both carry a `distance` (decision-based attacks, which start
+    adversarial and shrink the perturbation), the smaller distance wins; otherwise the higher score.
 
     Attacks offer every answered clip they consider a result; `on_improve` lets the worker persist
     progress and checkpoints without the attack knowing about the database.
@@ -70,11 +74,15 @@ class Tracker:
     history: list[tuple[int, float]] = field(default_factory=list)  # (queries, best score)
     started: float = field(default_factory=time.monotonic)
 
-    def offer(self, clip: np.ndarray, score: float, success: bool, answer: Prediction | None = None) -> bool:
+    def offer(self, clip: np.ndarray, score: float, success: bool, answer: Prediction | None = None,
+              distance: float | None = None) -> bool:
         current = self.best
-        better = (success, score) > (current.success, current.score)
+        if success and current.success and distance is not None and current.distance is not None:
+            better = distance < current.distance
+        else:
+            better = (success, score) > (current.success, current.score)
         if better:
-            self.best = Best(clip=clip.copy(), score=score, success=success, answer=answer)
+            self.best = Best(clip=clip.copy(), score=score, success=success, answer=answer, distance=distance)
             self.on_improve(self.best)
         return better
 

@@ -1,0 +1,103 @@
+"""Runs an RLSB pre-training job (kind `pretrain`): Algorithm 1 against the oracle, under the job's own
+budget and audit log, ending with the policy stored as the job's `policy` artifact.
+
+The oracle client is the same one attacks use (reserve → send → complete, one audit row per query),
+with no query held back: a pre-training job has no final clip to verify. Progress (the report so far)
+is written to the job after every PPO iteration, so `GET /policies/{id}` shows it. A redelivered job
+(worker killed) starts pre-training again against what is left of the same budget.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+from sqlalchemy import select, update
+
+from core.settings import Settings
+from db.models import Artifact, Job, JobStatus
+from db.session import new_session, session_scope
+from model_server.client import OracleHTTP
+from worker.oracle_client import JobCancelled, OracleClient, OracleFailed
+
+log = logging.getLogger(__name__)
+
+POLICY_ARTIFACT = "policy"
+
+
+def run_pretraining(
+    job: Job, settings: Settings, time_limit_exc: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> str:
+    from model_server import dataset
+    from worker.attacks.rlsb import PretrainParams, pretrain, save_policy
+
+    http = OracleHTTP(settings.oracle_url, settings.oracle_management_url, settings.oracle_token,
+                      settings.oracle_timeout_s)
+    oracle = OracleClient(job.id, job.model, http, new_session, max_batch=settings.oracle_max_batch, held_back=0)
+    started = time.monotonic()
+    status, error, policy, report = JobStatus.error.value, None, None, None
+    try:
+        params = PretrainParams.model_validate(job.params)
+        if params.max_seconds is None:  # end with a policy before Celery's soft limit interrupts
+            params = params.model_copy(update={"max_seconds": 0.9 * settings.task_soft_time_limit_s})
+        frames = _frames_of(http, job.model)
+        rng = np.random.default_rng([params.seed, job.attempts - 1])
+        policy, report = pretrain(oracle, frames, job.goal, dataset.reference_clips, params, rng,
+                                  progress=lambda so_far: _save_progress(job.id, so_far, started))
+        status = JobStatus.succeeded.value
+    except JobCancelled:
+        status = JobStatus.cancelled.value
+    except OracleFailed as exc:
+        error = str(exc)
+    except time_limit_exc:
+        error = "pre-training reached the worker's soft time limit; give it a smaller max_queries or iterations"
+    except Exception as exc:  # noqa: BLE001 - a broken pre-training must still end the job cleanly
+        log.exception("pre-training job %s crashed", job.id)
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        http.close()
+    blob = save_policy(policy) if policy is not None and status == JobStatus.succeeded.value else None
+    return _finish(job, status, error, report, blob, started, settings)
+
+
+def _frames_of(http: OracleHTTP, model: str) -> int:
+    spec = http.describe(model)
+    if spec is None:
+        raise ValueError(f"model {model!r} is no longer served")
+    return spec.frames
+
+
+def _save_progress(job_id: str, report: dict, started: float) -> None:
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            metrics=_json_report(report, started)))
+
+
+def _json_report(report: dict | None, started: float) -> dict:
+    plain = dict(report or {})
+    plain["seconds"] = round(time.monotonic() - started, 2)
+    return plain
+
+
+def _finish(job: Job, status: str, error: str | None, report: dict | None, blob: bytes | None,
+            started: float, settings: Settings) -> str:
+    with session_scope() as session:
+        row = session.get(Job, job.id)
+        metrics = _json_report(report if report is not None else row.metrics, started)
+        metrics["queries"] = row.queries_used
+        row.status, row.error, row.metrics = status, error, metrics
+        row.finished_at = datetime.now(timezone.utc)
+        if blob is not None:
+            folder = settings.artifact_dir / job.id
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / "rlsb-policy.pt"
+            path.write_bytes(blob)
+            existing = session.scalar(select(Artifact).where(Artifact.job_id == job.id,
+                                                             Artifact.kind == POLICY_ARTIFACT))
+            artifact = existing or Artifact(job_id=job.id, kind=POLICY_ARTIFACT)
+            artifact.path, artifact.size_bytes = str(path), len(blob)
+            artifact.sha256 = hashlib.sha256(blob).hexdigest()
+            session.add(artifact)
+    return status
