@@ -98,3 +98,16 @@ def test_pretraining_refuses_a_model_without_attacker_data(client):
     response = client.post("/policies", json={"model": "effnet_lite0_imagenet", "max_queries": 100})
     assert response.status_code == 422
     assert "attacker's own data" in response.json()["detail"]
+
+
+def test_rlsb_spends_its_budget_exactly_and_the_same_seed_repeats_every_query(client, policy):
+    clip = attack_set.clips(MODEL)[0][0]  # p = 0.99; no MAP bound, so the whole budget goes
+    params = json.dumps({"seed": 3, "map_bound": 0, "initial_directions": 10, "policy": policy["id"]})
+    hashes = []
+    for _ in range(2):  # one after the other, so TorchServe never merges their requests into one batch
+        response = submit(client, _npy(clip), attack="rlsb", model=MODEL, max_queries=100, params=params)
+        assert response.status_code == 202, response.text
+        job = wait_for(client, response.json()["id"])
+        assert job["progress"]["queries_used"] == 100 == len(audit_rows(job["id"]))
+        hashes.append([row.clip_sha256 for row in audit_rows(job["id"])])
+    assert hashes[0] == hashes[1]
