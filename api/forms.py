@@ -38,7 +38,11 @@ class UploadedFile:
 @dataclass
 class ParsedForm:
     fields: dict[str, str] = field(default_factory=dict)
-    file: UploadedFile | None = None
+    files: list[UploadedFile] = field(default_factory=list)
+
+    @property
+    def file(self) -> UploadedFile | None:
+        return self.files[0] if self.files else None
 
 
 class UploadTooLarge(Exception):
@@ -63,9 +67,10 @@ def human_bytes(n: float) -> str:
 class _FormCollector:
     """python-multipart callbacks that build a ParsedForm and stop at the size limits."""
 
-    def __init__(self, max_file_bytes: int) -> None:
+    def __init__(self, max_file_bytes: int, max_files: int = 1) -> None:
         self.form = ParsedForm()
         self.max_file_bytes = max_file_bytes
+        self.max_files = max_files
         self.too_large = False
         self._parts = 0
         self._headers: dict[bytes, bytes] = {}
@@ -107,16 +112,20 @@ class _FormCollector:
         if b"name" not in options:
             raise FormError("a form part has no name in its Content-Disposition header")
         self._name = options[b"name"].decode("utf-8", "replace")
-        if self._name in self.form.fields or (self._name == FILE_FIELD and self.form.file is not None):
+        if self._name in self.form.fields:
             raise FormError(f"form field {self._name!r} is given twice; send it once")
+        if self._name == FILE_FIELD and len(self.form.files) >= self.max_files:
+            raise FormError(f"form field {self._name!r} is given twice; send it once" if self.max_files == 1
+                            else f"more than {self.max_files} {FILE_FIELD!r} files; use a named clip set")
         if self._name == FILE_FIELD:
             # The clip is the `video` field whether or not the client marked it as a file.
             filename = options.get(b"filename")
             content_type = self._headers.get(b"content-type")
-            self._file = self.form.file = UploadedFile(
+            self._file = UploadedFile(
                 filename=filename.decode("utf-8", "replace") if filename else None,
                 content_type=content_type.decode("latin-1") if content_type else None,
             )
+            self.form.files.append(self._file)
         elif b"filename" in options:
             raise FormError(
                 f"unexpected file in field {self._name!r}; send the clip as the {FILE_FIELD!r} field"
@@ -167,13 +176,13 @@ def _declared_length(request: Request) -> int | None:
         return None
 
 
-async def read_multipart(request: Request, max_file_bytes: int) -> ParsedForm:
-    """Read the form, raising UploadTooLarge as soon as the file passes `max_file_bytes`."""
+async def read_multipart(request: Request, max_file_bytes: int, max_files: int = 1) -> ParsedForm:
+    """Read the form, raising UploadTooLarge as soon as a file passes `max_file_bytes`."""
     boundary = _boundary(request)
     declared = _declared_length(request)
-    if declared is not None and declared > max_file_bytes + FORM_OVERHEAD_BYTES:
+    if declared is not None and declared > max_files * max_file_bytes + FORM_OVERHEAD_BYTES:
         raise UploadTooLarge(max_file_bytes, ParsedForm())
-    collector = _FormCollector(max_file_bytes)
+    collector = _FormCollector(max_file_bytes, max_files)
     parser = MultipartParser(boundary, collector.callbacks())
     try:
         async for chunk in request.stream():

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api import errors
 from api.deps import build_oracle
-from api.routes import catalog, jobs, policies
+from api.routes import campaigns, catalog, jobs, policies
 from core.settings import get_settings
 from db.migrate import upgrade
 
@@ -35,6 +35,7 @@ saying what was wrong and how to fix it; `503` means a backing service is down �
 
 TAGS = [
     {"name": "jobs", "description": "Submit, poll, cancel and download attack jobs (API key required)."},
+    {"name": "campaigns", "description": "Many clips × attacks × one model, with a report (API key required)."},
     {"name": "policies", "description": "RLSB policy pre-training jobs and their policies (API key required)."},
     {"name": "catalog", "description": "Attacks and models (API key required) and health (open)."},
 ]
@@ -66,6 +67,7 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     app.include_router(jobs.router)
+    app.include_router(campaigns.router)
     app.include_router(policies.router)
     app.include_router(catalog.router)
     return app

@@ -47,6 +47,8 @@ class JobOut(BaseModel):
                     "(no clip; see /policies)."
     )
     status: JobStatus
+    campaign_id: str | None = Field(description="The campaign that fanned this job out, if any.")
+    clip_index: int | None = Field(description="The campaign clip's index in its set (the same for every attack).")
     attack: str
     model: str
     goal: Literal["untargeted", "targeted"]
@@ -70,6 +72,8 @@ class JobOut(BaseModel):
             id=job.id,
             kind=job.kind,
             status=JobStatus(job.status),
+            campaign_id=job.campaign_id,
+            clip_index=job.clip_index,
             attack=job.attack,
             model=job.model,
             goal=job.goal,

@@ -13,6 +13,7 @@ import re
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 from fastapi import HTTPException
@@ -239,54 +240,76 @@ def persist_job(
     settings: Settings,
 ) -> Job:
     """Job, its first query and its input clip: all stored, or (on any error) none of them."""
+    path = None
+    try:
+        job, path = add_job_rows(session, key, submission, upload, clip, clean, settings)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        if path is not None:
+            path.unlink(missing_ok=True)
+        raise
+    return job
+
+
+def add_job_rows(
+    session: Session,
+    key: ApiKey,
+    submission: Submission,
+    upload: UploadedFile,
+    clip: np.ndarray,
+    clean: CleanAnswer,
+    settings: Settings,
+    **job_fields: object,
+) -> tuple[Job, Path]:
+    """Write the input clip and add (not commit) the job, its first query and its input artifact.
+
+    The caller commits, or rolls back and deletes the returned file: a campaign adds all its jobs in
+    one transaction this way.
+    """
     job_id = new_id()
     settings.upload_dir.mkdir(parents=True, exist_ok=True)
     path = settings.upload_dir / f"{job_id}.npy"
     answer = clean.prediction
-    try:
-        write_npy(clip, path)
-        file_bytes = path.read_bytes()
-        job = Job(
-            id=job_id,
-            api_key_id=key.id,
-            attack=submission.attack,
-            model=submission.model,
-            goal=submission.goal,
-            target_label=submission.target_label,
-            source_label=answer["label"],
-            source_label_name=answer["label_name"],
-            source_probability=answer["probability"],
-            params=submission.params,
-            max_queries=submission.max_queries,
-            queries_used=1,
-            batches_sent=1,
-            status=JobStatus.queued.value,
-            cancel_requested=False,
-            input_filename=(upload.filename or "upload")[:255],
-            input_sha256=hashlib.sha256(upload.data).hexdigest(),
-            attempts=0,
-            created_at=clean.answered_at,
-        )
-        session.add(job)
-        session.flush()  # the job row first: the query and artifact rows reference it
-        session.add_all([
-            QueryRecord(
-                job_id=job_id, seq=0, batch_id=0, clip_sha256=clip_sha256(clip),
-                status=QueryStatus.answered.value, label=answer["label"], label_name=answer["label_name"],
-                probability=answer["probability"], latency_ms=clean.latency_ms,
-                created_at=clean.sent_at, answered_at=clean.answered_at,
-            ),
-            Artifact(
-                job_id=job_id, kind="input", path=str(path),
-                sha256=hashlib.sha256(file_bytes).hexdigest(), size_bytes=len(file_bytes),
-            ),
-        ])
-        session.commit()
-    except BaseException:
-        session.rollback()
-        path.unlink(missing_ok=True)
-        raise
-    return job
+    write_npy(clip, path)
+    file_bytes = path.read_bytes()
+    job = Job(
+        id=job_id,
+        api_key_id=key.id,
+        attack=submission.attack,
+        model=submission.model,
+        goal=submission.goal,
+        target_label=submission.target_label,
+        source_label=answer["label"],
+        source_label_name=answer["label_name"],
+        source_probability=answer["probability"],
+        params=submission.params,
+        max_queries=submission.max_queries,
+        queries_used=1,
+        batches_sent=1,
+        status=JobStatus.queued.value,
+        cancel_requested=False,
+        input_filename=(upload.filename or "upload")[:255],
+        input_sha256=hashlib.sha256(upload.data).hexdigest(),
+        attempts=0,
+        created_at=clean.answered_at,
+        **job_fields,
+    )
+    session.add(job)
+    session.flush()  # the job row first: the query and artifact rows reference it
+    session.add_all([
+        QueryRecord(
+            job_id=job_id, seq=0, batch_id=0, clip_sha256=clip_sha256(clip),
+            status=QueryStatus.answered.value, label=answer["label"], label_name=answer["label_name"],
+            probability=answer["probability"], latency_ms=clean.latency_ms,
+            created_at=clean.sent_at, answered_at=clean.answered_at,
+        ),
+        Artifact(
+            job_id=job_id, kind="input", path=str(path),
+            sha256=hashlib.sha256(file_bytes).hexdigest(), size_bytes=len(file_bytes),
+        ),
+    ])
+    return job, path
 
 
 def enqueue(session: Session, job: Job) -> None:

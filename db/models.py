@@ -115,7 +115,31 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+    # Jobs a campaign fanned out: which campaign, and which of its clips (the same index for every attack).
+    campaign_id: Mapped[str | None] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    clip_index: Mapped[int | None] = mapped_column(Integer)
+
     artifacts: Mapped[list[Artifact]] = relationship(back_populates="job", cascade="all, delete-orphan")
+    campaign: Mapped[Campaign | None] = relationship(back_populates="jobs")
+
+
+class Campaign(Base):
+    """Many clips × attacks × one model: one job per (clip, attack), all with the same clips, targets and
+    budget (fairness), reported together (GET /campaigns/{id}/report)."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    model: Mapped[str] = mapped_column(String(128))
+    goal: Mapped[str] = mapped_column(String(16))
+    target_rule: Mapped[dict] = mapped_column(JSON)  # {"kind": "next" | "random" | "fixed" | "per_clip", …}
+    max_queries: Mapped[int] = mapped_column(Integer)  # per job
+    attacks: Mapped[list] = mapped_column(JSON)  # [{"name": …, "params": {… defaults filled in}}]
+    clips: Mapped[dict] = mapped_column(JSON)  # where the clips came from, and how many
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    jobs: Mapped[list[Job]] = relationship(back_populates="campaign", order_by="Job.clip_index")
 
 
 class QueryRecord(Base):

@@ -4,7 +4,9 @@
                                                   [--goal untargeted|targeted|both] [--per-class 1] [--jobs 2]
     .venv/bin/python scripts/bench_attacks.py table [--results benchmarks/attacks.jsonl]
 
-`run` is IN-PROCESS (worker/inprocess.py: the served fp16 weights and the handler's softmax top-1,
+`run --via service --url URL --key KEY` runs the same cells as campaigns through the real stack (one
+campaign per model, goal and attack; rows carry `"via": "service"` and the table has a `via` column).
+By default `run` is IN-PROCESS (worker/inprocess.py: the served fp16 weights and the handler's softmax top-1,
 the oracle client's budget rules, one query held back for the final verification, no HTTP and no
 audit log) so that the grid fits on a CPU; every finished attack appends one JSON line to the
 results file and a rerun skips what is there. Budgets: 15 000 untargeted, 30 000 targeted; target =
@@ -89,7 +91,8 @@ def _one(task: dict, threads: int) -> dict:
     prepare = _policy_loader(task["model"], task["goal"]) if name == "rlsb" else None
     result = run_local(name, params, task["model"], clip, BUDGETS[task["goal"]], target_label=target,
                        prepare=prepare)
-    return {**task, "label": label, "target": target, "success": result.success, "queries": result.queries,
+    return {**task, "via": "inprocess", "label": label, "target": target, "success": result.success,
+            "queries": result.queries,
             "seconds": round(result.seconds, 2), "map": result.metrics["map"],
             "sparsity": result.metrics["sparsity"], "frames_perturbed": result.metrics["frames_perturbed"],
             "linf": result.metrics["linf"], "iterations": result.trace.get("iterations"),
@@ -136,6 +139,70 @@ def ensure_policies(tasks: list[dict]) -> None:
         path.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
 
 
+def run_via_service(tasks: list[dict], url: str, key: str, per_class: int) -> list[dict]:
+    """The same grid as campaigns through the real stack (API → Celery → TorchServe), one campaign per
+    (model, goal, attack) over that cell's clips; returns the rows the in-process runner would write."""
+    import httpx
+
+    rows = []
+    cells: dict[tuple[str, str, str], list[int]] = {}
+    for task in tasks:
+        cells.setdefault((task["model"], task["goal"], task["attack"]), []).append(task["index"])
+    with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=120) as http:
+        for (model, goal, spec), indices in tqdm(cells.items(), desc="campaigns"):
+            name, params = parse_spec(spec)
+            body = {"model": model, "attacks": [{"name": name, "params": params}], "goal": goal,
+                    "max_queries": BUDGETS[goal],
+                    # the campaign's clips are the cell's: the same selection rule, cut after its last clip
+                    "clips": {"set": "attack_set", "per_class": per_class,
+                              "limit": max(indices) // 2 + 1 if per_class == 1 else max(indices) + 1}}
+            if goal == "targeted":
+                body["target_rule"] = {"kind": "next"}
+            if name == "rlsb":
+                _service_policy(http, model, goal)
+            response = http.post("/campaigns", json=body)
+            response.raise_for_status()
+            campaign = _wait_campaign(http, response.json()["id"])
+            for job in campaign["jobs"]:
+                if job["clip_index"] in indices:
+                    rows.append(_service_row(http.get(f"/jobs/{job['id']}").json(), model, goal, spec, campaign))
+    return rows
+
+
+def _service_policy(http, model: str, goal: str) -> None:  # noqa: ANN001
+    if any(p["status"] == "succeeded" for p in http.get("/policies", params={"model": model, "goal": goal}).json()["items"]):
+        return
+    started = http.post("/policies", json={"model": model, "goal": goal, "max_queries": PRETRAIN_BUDGETS[goal]})
+    started.raise_for_status()
+    while http.get(f"/policies/{started.json()['id']}").json()["status"] in ("queued", "running"):
+        time.sleep(5)
+
+
+def _wait_campaign(http, campaign_id: str) -> dict:  # noqa: ANN001
+    with tqdm(desc=f"campaign {campaign_id[:8]}", leave=False) as bar:
+        while True:
+            campaign = http.get(f"/campaigns/{campaign_id}").json()
+            bar.total = campaign["progress"]["jobs"]
+            bar.n = campaign["progress"]["finished"]
+            bar.refresh()
+            if campaign["status"] == "finished":
+                return campaign
+            time.sleep(2)
+
+
+def _service_row(job: dict, model: str, goal: str, spec: str, campaign: dict) -> dict:
+    metrics, attack_report = job["metrics"] or {}, (job["metrics"] or {}).get("attack") or {}
+    bound = attack_report.get("map_bound")
+    success = job["status"] == "succeeded"
+    return {"model": model, "attack": spec, "goal": goal, "index": job["clip_index"], "via": "service",
+            "campaign": campaign["id"], "label": job["source_label"], "target": job["target_label"],
+            "success": success, "queries": job["progress"]["queries_used"],
+            "seconds": metrics.get("wall_time_s"), "map": metrics.get("map"), "sparsity": metrics.get("sparsity"),
+            "frames_perturbed": metrics.get("frames_perturbed"), "linf": metrics.get("linf"),
+            "iterations": attack_report.get("iterations"), "map_bound": bound,
+            "within_map_bound": (success and metrics.get("map", 1e9) <= bound) if bound is not None else None}
+
+
 def run(args: argparse.Namespace) -> None:
     from model_server import attack_set
 
@@ -156,6 +223,11 @@ def run(args: argparse.Namespace) -> None:
     tasks = [t for t in tasks if (t["model"], t["attack"], t["goal"], t["index"]) not in done]
     tasks = tasks[: args.limit or None]
     print(f"{len(tasks)} attacks to run ({len(done)} already in {args.results})")
+    if args.via == "service":
+        with args.results.open("a") as out:
+            for row in run_via_service(tasks, args.url, args.key, args.per_class):
+                out.write(json.dumps(row) + "\n")
+        return
     with ProcessPoolExecutor(max_workers=args.jobs) as pool, args.results.open("a") as out:
         pending = iter(tasks)
         running: set = set()
@@ -189,17 +261,17 @@ def table(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in args.results.read_text().splitlines()]
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["model"], row["goal"], row["attack"]), []).append(row)
-    print("| model | goal | attack | clips | FR | MAP ≤ bound | queries mean / median (successes) "
+        groups.setdefault((row["model"], row["goal"], row["attack"], row.get("via", "inprocess")), []).append(row)
+    print("| model | goal | attack | via | clips | FR | MAP ≤ bound | queries mean / median (successes) "
           "| queries mean (all) | MAP (all) | sparsity | frames perturbed | time / clip (s) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (model, goal, attack), items in sorted(groups.items()):
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (model, goal, attack, via), items in sorted(groups.items()):
         wins = [r for r in items if r["success"]]
         won_queries = [r["queries"] for r in wins]
         median = statistics.median(won_queries) if won_queries else None
         bounded = [r["within_map_bound"] for r in items if r.get("within_map_bound") is not None]
         within = f"{sum(bounded) / len(bounded):.0%}" if bounded else "—"
-        print(f"| {model} | {goal} | `{attack}` | {len(items)} | {len(wins) / len(items):.0%} | {within} "
+        print(f"| {model} | {goal} | `{attack}` | {via} | {len(items)} | {len(wins) / len(items):.0%} | {within} "
               f"| {_fmt(_mean(won_queries))} / {_fmt(median)} | {_fmt(_mean([r['queries'] for r in items]))} "
               f"| {_fmt(_mean([r['map'] for r in items]), 2)} | {_fmt(_mean([r['sparsity'] for r in items]), 2)} "
               f"| {_fmt(_mean([r['frames_perturbed'] for r in items]), 1)} "
@@ -258,6 +330,10 @@ def main() -> None:
     runner.add_argument("--threads", type=int, default=1, help="torch threads per job")
     runner.add_argument("--results", type=Path, default=RESULTS)
     runner.add_argument("--limit", type=int, default=0, help="run at most this many attacks (0: all)")
+    runner.add_argument("--via", choices=["inprocess", "service"], default="inprocess",
+                        help="in process (fast) or as campaigns through the real stack (--url, --key)")
+    runner.add_argument("--url", default=os.environ.get("VAAS_URL", "http://127.0.0.1:8000"))
+    runner.add_argument("--key", default=os.environ.get("VAAS_API_KEY"))
     shower = sub.add_parser("table", help="print the markdown table of a results file")
     shower.add_argument("--results", type=Path, default=RESULTS)
     prober = sub.add_parser("probe", help="one attack on one clip, in process")

@@ -56,3 +56,58 @@ def perturbation_metrics(adversarial: np.ndarray, clean: np.ndarray) -> dict[str
         "psnr": psnr(delta),
         "ssim": ssim(adversarial, clean),
     }
+
+
+# --- outcomes of many attacks (campaign reports, the benchmark table) -----------------------------------
+
+SUCCESS_CURVE_POINTS = 50
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def summarize_outcomes(outcomes: list[dict]) -> dict:
+    """One attack's row of a report from its jobs' outcomes.
+
+    Each outcome: `success` (bool), `queries`, and the perturbation metrics of its final clip (`map`,
+    `linf`, `sparsity`, `frames_perturbed`, `ssim`), `seconds`. FR is over every outcome (an attack
+    that errs on a clip has failed it); queries are given over successes and over all clips, as the
+    AstFocus paper argues (Sec. 4.2): a mean over successes alone rewards giving up early.
+    """
+    wins = [o for o in outcomes if o["success"]]
+    won_queries = [o["queries"] for o in wins]
+    total_seconds = sum(o.get("seconds") or 0.0 for o in outcomes)
+
+    def mean_of(key: str) -> float | None:
+        return _mean([o[key] for o in outcomes if o.get(key) is not None])
+
+    return {
+        "clips": len(outcomes),
+        "successes": len(wins),
+        "fooling_rate": len(wins) / len(outcomes) if outcomes else None,
+        "queries_mean_successes": _mean(won_queries),
+        "queries_median_successes": _median(won_queries),
+        "queries_mean_all": _mean([o["queries"] for o in outcomes]),
+        "queries_median_all": _median([o["queries"] for o in outcomes]),
+        "map": mean_of("map"),
+        "linf": mean_of("linf"),
+        "sparsity": mean_of("sparsity"),
+        "frames_perturbed": mean_of("frames_perturbed"),
+        "ssim": mean_of("ssim"),
+        "seconds_mean": mean_of("seconds"),
+        "queries_per_s": sum(o["queries"] for o in outcomes) / total_seconds if total_seconds else None,
+    }
+
+
+def success_curve(outcomes: list[dict], budget: int, points: int = SUCCESS_CURVE_POINTS) -> list[tuple[int, float]]:
+    """Fraction of clips fooled within q queries, for q on a grid up to the budget (V-BAD's Fig. 4)."""
+    if not outcomes:
+        return []
+    grid = np.unique(np.linspace(0, budget, points + 1).round().astype(int))
+    won = np.array([o["queries"] for o in outcomes if o["success"]])
+    return [(int(q), float((won <= q).sum() / len(outcomes))) for q in grid]
