@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
@@ -15,6 +15,7 @@ from db.session import new_session
 from model_server.client import OracleHTTP
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+T = TypeVar("T")
 
 
 def get_session() -> Iterator[Session]:
@@ -26,6 +27,19 @@ def get_session() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def released(session: Session, response: T) -> T:
+    """End the request's read transaction before the response leaves the route.
+
+    FastAPI validates a sync route's response on a worker thread, and the session dependency closes
+    only after that. Under load (100 pollers of GET /jobs/{id}) every thread ended up waiting for a
+    connection while the requests holding the connections waited for a thread to serialise their
+    response: the API stalled for the pool timeout (30 s). Returning the connection here breaks the
+    cycle; `response` is already built, so nothing is read from the database after this.
+    """
+    session.rollback()
+    return response
 
 
 def build_oracle(settings: Settings) -> OracleHTTP:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from api.campaigns import CampaignRequest, create_campaign
-from api.deps import CurrentKey, OracleDep, SessionDep, SettingsDep
+from api.deps import CurrentKey, OracleDep, SessionDep, SettingsDep, released
 from api.errors import describe_errors
 from api.forms import (
     FILE_FIELD,
@@ -175,13 +175,13 @@ def list_campaigns(session: SessionDep, key: CurrentKey, settings: SettingsDep, 
         select(Campaign).options(selectinload(Campaign.jobs)).where(where)
         .order_by(Campaign.created_at.desc(), Campaign.id.desc()).limit(limit).offset(offset)
     ).all()
-    return CampaignPage(items=[CampaignOut.from_campaign(c) for c in campaigns], total=total, limit=limit,
-                        offset=offset)
+    return released(session, CampaignPage(items=[CampaignOut.from_campaign(c) for c in campaigns],
+                                          total=total, limit=limit, offset=offset))
 
 
 @router.get("/{campaign_id}", response_model=CampaignOut, summary="A campaign's progress and jobs")
 def get_campaign(campaign_id: str, session: SessionDep, key: CurrentKey) -> CampaignOut:
-    return CampaignOut.from_campaign(owned_campaign(session, key, campaign_id))
+    return released(session, CampaignOut.from_campaign(owned_campaign(session, key, campaign_id)))
 
 
 @router.delete("/{campaign_id}", status_code=202, response_model=CampaignOut, summary="Cancel all its jobs")

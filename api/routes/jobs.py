@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from api.deps import CurrentKey, OracleDep, SessionDep, SettingsDep
+from api.deps import CurrentKey, OracleDep, SessionDep, SettingsDep, released
 from api.forms import FILE_FIELD, FormError, UploadTooLarge, human_bytes, read_multipart
 from api.schemas import QUERY_COLUMNS, JobOut, JobPage, QueryOut, QueryPage
 from api.submission import (
@@ -169,12 +169,13 @@ def list_jobs(
         select(Job).options(selectinload(Job.artifacts)).where(*where)
         .order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
     ).all()
-    return JobPage(items=[job_out(job) for job in jobs], total=total, limit=limit, offset=offset)
+    return released(session, JobPage(items=[job_out(job) for job in jobs], total=total, limit=limit,
+                                     offset=offset))
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="Poll a job")
 def get_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobOut:
-    return job_out(owned_job(session, key, job_id))
+    return released(session, job_out(owned_job(session, key, job_id)))
 
 
 @router.delete(

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from api.deps import CurrentKey, OracleDep, SessionDep, SettingsDep
+from api.deps import CurrentKey, OracleDep, SessionDep, SettingsDep, released
 from api.errors import describe_errors
 from api.routes.jobs import Limit, Offset, page_limit
 from api.schemas import Progress, UtcDatetime
@@ -182,12 +182,13 @@ def list_policies(
         select(Job).options(selectinload(Job.artifacts)).where(*where)
         .order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
     ).all()
-    return PolicyPage(items=[PolicyOut.from_job(job) for job in jobs], total=total, limit=limit, offset=offset)
+    return released(session, PolicyPage(items=[PolicyOut.from_job(job) for job in jobs], total=total,
+                                        limit=limit, offset=offset))
 
 
 @router.get("/{policy_id}", response_model=PolicyOut, summary="A policy and its pre-training job")
 def get_policy(policy_id: str, session: SessionDep, key: CurrentKey) -> PolicyOut:
-    return PolicyOut.from_job(owned_policy_job(session, key, policy_id))
+    return released(session, PolicyOut.from_job(owned_policy_job(session, key, policy_id)))
 
 
 @router.get("/{policy_id}/weights", response_class=FileResponse, summary="Download the policy file",
