@@ -113,8 +113,8 @@ def _policy_loader(model: str, goal: str):  # noqa: ANN202
     return prepare
 
 
-def ensure_policies(tasks: list[dict]) -> None:
-    """Pre-train (in process) each RLSB policy the grid needs and does not have yet; writes its report."""
+def pretrain_policy(model: str, goal: str, queries: int) -> tuple[str, str]:
+    """Pre-train one RLSB policy in process (a pool task) and write it with its report."""
     import numpy as np
     import torch
 
@@ -122,21 +122,17 @@ def ensure_policies(tasks: list[dict]) -> None:
     from worker.attacks.rlsb import PretrainParams, pretrain, save_policy
     from worker.inprocess import InProcessOracle
 
-    needed = sorted({(t["model"], t["goal"]) for t in tasks if parse_spec(t["attack"])[0] == "rlsb"})
-    for model, goal in needed:
-        path = _policy_path(model, goal)
-        if path.exists():
-            continue
-        torch.set_num_threads(1)
-        oracle = InProcessOracle(model, PRETRAIN_BUDGETS[goal], held_back=0)
-        started = time.monotonic()
-        print(f"pre-training the RLSB policy for {model} ({goal}), {PRETRAIN_BUDGETS[goal]} queries")
-        policy, report = pretrain(oracle, 16, goal, dataset.reference_clips, PretrainParams(),
-                                  np.random.default_rng([0, 0]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(save_policy(policy))
-        report = {**report, "queries": oracle.used, "seconds": round(time.monotonic() - started, 1)}
-        path.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    torch.set_num_threads(1)
+    path = _policy_path(model, goal)
+    oracle = InProcessOracle(model, queries, held_back=0)
+    started = time.monotonic()
+    policy, report = pretrain(oracle, 16, goal, dataset.reference_clips, PretrainParams(),
+                              np.random.default_rng([0, 0]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(save_policy(policy))
+    report = {**report, "queries": oracle.used, "seconds": round(time.monotonic() - started, 1)}
+    path.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    return model, goal
 
 
 def run_via_service(tasks: list[dict], url: str, key: str, per_class: int) -> list[dict]:
@@ -228,25 +224,42 @@ def run(args: argparse.Namespace) -> None:
             for row in run_via_service(tasks, args.url, args.key, args.per_class):
                 out.write(json.dumps(row) + "\n")
         return
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool, args.results.open("a") as out:
-        pending = iter(tasks)
-        running: set = set()
-        with tqdm(total=len(tasks), desc="attacks") as bar:
-            while True:
-                # Submit in grid order, `jobs` at a time: an RLSB policy is pre-trained (here, while the
-                # running attacks go on) only when the first attack that needs it comes up.
-                for task in pending:
-                    ensure_policies([task])
-                    running.add(pool.submit(_one, task, args.threads))
-                    if len(running) >= args.jobs:
-                        break
-                if not running:
-                    break
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    out.write(json.dumps(future.result()) + "\n")
-                    out.flush()
-                    bar.update()
+    _run_pool(tasks, args)
+
+
+def _run_pool(tasks: list[dict], args: argparse.Namespace) -> None:
+    """Run tasks in grid order, `jobs` at a time. An RLSB policy that is missing is pre-trained as a
+    pool task of its own when its first attack comes up; that attack (and the next ones needing it)
+    wait until it exists while the grid goes on."""
+    queue, waiting, training = list(tasks), [], {}
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool, args.results.open("a") as out, \
+            tqdm(total=len(tasks), desc="attacks") as bar:
+        running: dict = {}
+        while queue or running:
+            while queue and len(running) < args.jobs:
+                task = queue.pop(0)
+                cell = (task["model"], task["goal"])
+                if parse_spec(task["attack"])[0] == "rlsb" and not _policy_path(*cell).exists():
+                    waiting.append(task)
+                    if cell not in training:
+                        training[cell] = pool.submit(pretrain_policy, *cell, args.pretrain_queries or
+                                                     PRETRAIN_BUDGETS[task["goal"]])
+                        running[training[cell]] = None
+                    continue
+                running[pool.submit(_one, task, args.threads)] = task
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                task = running.pop(future)
+                if task is None:  # a policy is ready: its attacks go back to the front of the queue
+                    ready = future.result()
+                    queue[:0] = [t for t in waiting if (t["model"], t["goal"]) == ready]
+                    waiting = [t for t in waiting if (t["model"], t["goal"]) != ready]
+                    continue
+                out.write(json.dumps(future.result()) + "\n")
+                out.flush()
+                bar.update()
 
 
 def _mean(values: list[float]) -> float | None:
@@ -330,6 +343,8 @@ def main() -> None:
     runner.add_argument("--threads", type=int, default=1, help="torch threads per job")
     runner.add_argument("--results", type=Path, default=RESULTS)
     runner.add_argument("--limit", type=int, default=0, help="run at most this many attacks (0: all)")
+    runner.add_argument("--pretrain-queries", type=int, default=0,
+                        help="RLSB pre-training budget (0: 18 000 untargeted / 30 000 targeted)")
     runner.add_argument("--via", choices=["inprocess", "service"], default="inprocess",
                         help="in process (fast) or as campaigns through the real stack (--url, --key)")
     runner.add_argument("--url", default=os.environ.get("VAAS_URL", "http://127.0.0.1:8000"))
