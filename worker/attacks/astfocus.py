@@ -40,7 +40,6 @@ What this implementation does where the paper is silent or cannot apply as writt
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Literal
@@ -49,7 +48,14 @@ import numpy as np
 from pydantic import Field
 
 from worker.attacks.base import Attack, AttackContext, AttackParams, targeted_start
-from worker.attacks.primitives import antithetic_noise, in_levels, nes_gradient, project_linf, to_levels
+from worker.attacks.primitives import (
+    antithetic_noise,
+    in_levels,
+    nes_gradient,
+    one_thread,
+    project_linf,
+    to_levels,
+)
 
 Agents = Literal["both", "spatial", "temporal", "none"]
 
@@ -234,19 +240,6 @@ def _backbone(stages: int):  # noqa: ANN202
     return FrozenBackbone(stages=stages)
 
 
-@contextlib.contextmanager
-def _one_thread():  # noqa: ANN202
-    """The agents' networks are tiny: threads cost more than they give (6× slower with 2 here)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @dataclass
 class Focus:
     patches: list[int]  # candidate index per frame
@@ -329,7 +322,7 @@ class FocusAgents:
     # ------------------------------------------------------------------ acting
     def act(self) -> Focus:
         """This iteration's focus: a patch per frame and the key frames (Algorithm 1, lines 4-5)."""
-        with _one_thread():
+        with one_thread():
             return self._act()
 
     def _act(self) -> Focus:
@@ -414,7 +407,7 @@ class FocusAgents:
         """Algorithm 1, lines 12-15: PPO on both agents with the centralised critic (Eq. 18)."""
         if not self.learned:
             return
-        with _one_thread():
+        with one_thread():
             self._learn(focus, reward_spatial, reward_temporal)
 
     def _learn(self, focus: Focus, reward_spatial: float, reward_temporal: float) -> None:

@@ -137,11 +137,20 @@ class DecisionAttack(Attack):
         ctx.trace.update({"iterations": self.params.max_iterations, "stopped": "max_iterations"})
 
     def initial_state(self) -> dict:
-        return {"learning_rate": self.params.learning_rate}
+        return {"learning_rate": self.params.learning_rate, "beta": self.params.beta}  # type: ignore[attr-defined]
 
     def update(self, boundary: Boundary, theta: np.ndarray, g: float, mask: np.ndarray | None,
                state: dict) -> tuple[np.ndarray, float, bool]:
         raise NotImplementedError
+
+
+def smoothing_left(state: dict, beta_min: float) -> bool:
+    """Cheng et al.'s restart: when the line search collapses (η < 1e-4) the estimate gave no usable
+    descent, so η resets to 1 and β shrinks tenfold; False once β falls below `beta_min`."""
+    if state["learning_rate"] >= 1e-4:
+        return True
+    state["learning_rate"], state["beta"] = 1.0, state["beta"] * 0.1
+    return state["beta"] >= beta_min
 
 
 class Opt(DecisionAttack):
@@ -150,19 +159,13 @@ class Opt(DecisionAttack):
     Params = OptParams
     params: OptParams
 
-    def initial_state(self) -> dict:
-        return {"learning_rate": self.params.learning_rate, "beta": self.params.beta}
-
     def update(self, boundary: Boundary, theta: np.ndarray, g: float, mask: np.ndarray | None,
                state: dict) -> tuple[np.ndarray, float, bool]:
         gradient, sampled_theta, sampled_g = self.estimate(boundary, theta, g, mask, state["beta"])
         moved_theta, moved_g, state["learning_rate"] = line_search(
             boundary, theta, g, gradient, state["learning_rate"], mask)
         theta, g = (moved_theta, moved_g) if moved_g <= sampled_g else (sampled_theta, sampled_g)
-        if state["learning_rate"] < 1e-4:  # the estimate gave no usable descent: finer differences
-            state["learning_rate"], state["beta"] = 1.0, state["beta"] * 0.1
-            return theta, g, state["beta"] >= self.params.beta_min
-        return theta, g, True
+        return theta, g, smoothing_left(state, self.params.beta_min)
 
     def estimate(self, boundary: Boundary, theta: np.ndarray, g: float, mask: np.ndarray | None,
                  beta: float) -> tuple[np.ndarray, np.ndarray, float]:

@@ -52,3 +52,4 @@ def ppo_update(
         optimizer.step()
         loss_value = float(loss.detach())
     return loss_value
+

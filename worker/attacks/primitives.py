@@ -5,6 +5,9 @@ are given on [0, 1] like in the papers and turned into whole pixel levels here.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 
 LEVELS = 255.0
@@ -55,3 +58,17 @@ def nes_gradient(losses: np.ndarray, noise: np.ndarray, sigma: float) -> np.ndar
         return np.zeros(noise.shape[1:], dtype=np.float32)
     weights = np.asarray(losses[:usable], dtype=np.float32)
     return np.tensordot(weights, noise[:usable], axes=1) / (usable * sigma)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the RL agents' small networks (AstFocus, RLSB): on this 2-core service
+    extra threads cost more than they give (AstFocus's updates ran 6× slower with 2)."""
+    import torch  # here, not at import: the API imports the attack registry and needs no torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -65,7 +65,6 @@ after 43 attack queries (12 of 16 frames perturbed, sparsity 0.55).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import io
@@ -82,6 +81,7 @@ from model_server.protocol import Prediction
 from worker.attacks.base import AttackContext, Goal
 from worker.attacks.boundary import INF, Boundary, unit
 from worker.attacks.opt import candidate_clips
+from worker.attacks.primitives import one_thread
 from worker.attacks.saliency import frame_mask, salient_mask
 from worker.attacks.sign_opt import SignOpt, SignOptParams
 from worker.oracle_client import BudgetExhausted
@@ -322,19 +322,6 @@ def parameter_count(frames: int, outputs: int, channels: Sequence[int] = CHANNEL
     return convs + sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """The networks are small: on this 2-core service extra threads cost more than they give."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @dataclass
 class RlsbPolicy:
     """π_θp (actor) and V_w (critic) with a JSON-able header: frames, goal, sizes, training summary."""
@@ -357,7 +344,7 @@ class RlsbPolicy:
         log π(a|s) and V(s)."""
         import torch
 
-        with _one_thread(), torch.no_grad():
+        with one_thread(), torch.no_grad():
             batch = torch.from_numpy(np.stack(states))
             log_pi = torch.log_softmax(self.actor(batch), dim=1)
             values = self.critic(batch)[:, 0].tolist() if rng is not None else [0.0] * len(states)
@@ -374,7 +361,7 @@ class RlsbPolicy:
         """π(· | s): the T deletion probabilities of one state."""
         import torch
 
-        with _one_thread(), torch.no_grad():
+        with one_thread(), torch.no_grad():
             return torch.softmax(self.actor(torch.from_numpy(state[None])), dim=1)[0].numpy()
 
 
@@ -619,7 +606,7 @@ def train(policy: RlsbPolicy, pool: PairPool, ask: Ask, params: PretrainParams, 
         except NoUsablePairs as exc:
             stopped, report["error"] = "no_usable_pairs", str(exc)
         if episodes:  # a cut-short iteration still learns from the episodes it finished
-            with _one_thread():
+            with one_thread():
                 report["loss"].append(round(ppo_epochs(policy, optimizers, episodes, params, rng), 5))
             report["iterations"] += 1
             report["episodes"] += len(episodes)

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import Field
 
 from worker.attacks.boundary import Boundary, line_search, unit, unit_gaussian
-from worker.attacks.opt import DecisionAttack, DecisionParams
+from worker.attacks.opt import DecisionAttack, DecisionParams, smoothing_left
 
 PROBE_BATCH = 50  # probes sent per oracle request (memory: 50 clips of 16×112×112×3)
 
@@ -60,14 +60,8 @@ class SignOpt(DecisionAttack):
     Params = SignOptParams
     params: SignOptParams
 
-    def initial_state(self) -> dict:
-        return {"learning_rate": self.params.learning_rate, "beta": self.params.beta}
-
     def update(self, boundary: Boundary, theta: np.ndarray, g: float, mask: np.ndarray | None,
                state: dict) -> tuple[np.ndarray, float, bool]:
         gradient = sign_gradient(boundary, theta, g, self.params.samples, state["beta"], mask)
         theta, g, state["learning_rate"] = line_search(boundary, theta, g, gradient, state["learning_rate"], mask)
-        if state["learning_rate"] < 1e-4:
-            state["learning_rate"], state["beta"] = 1.0, state["beta"] * 0.1
-            return theta, g, state["beta"] >= self.params.beta_min
-        return theta, g, True
+        return theta, g, smoothing_left(state, self.params.beta_min)
