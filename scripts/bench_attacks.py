@@ -322,7 +322,9 @@ def probe(args: argparse.Namespace) -> None:
     else:
         clip = attack_set.clips(args.model)[0][int(args.clip)]
     name, params = parse_spec(args.attack)
-    result = run_local(name, params, args.model, clip, args.budget, target_label=args.target)
+    goal = "untargeted" if args.target is None else "targeted"
+    prepare = _policy_loader(args.model, goal) if name == "rlsb" else None  # the grid's policy
+    result = run_local(name, params, args.model, clip, args.budget, target_label=args.target, prepare=prepare)
     print(json.dumps({"attack": args.attack, "clip": args.clip, "success": result.success,
                       "queries": result.queries, "map": round(result.metrics["map"], 2),
                       "linf": result.metrics["linf"], "best_score": round(result.history[-1][1], 3) if result.history else None,
