@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 demo: $(STAMP)            ## run one NES+PGD attack end to end on the bundled sample, through the REST API
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
-test: $(STAMP)            ## the whole suite against real Postgres, Redis, Celery and TorchServe
+test: $(STAMP)            ## the whole suite against real Postgres, Redis, Celery, TorchServe and Chromium
+	bash scripts/install_chromium.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)

@@ -15,7 +15,7 @@ import kombu.exceptions
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model_server.client import OracleUnavailable
@@ -74,45 +74,57 @@ def _plain_detail(status_code: int, detail: Any, request: Request) -> str:
     return str(detail or HTTPStatus(status_code).phrase)
 
 
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse(
-        error_body(_plain_detail(exc.status_code, exc.detail, request)),
-        status_code=exc.status_code,
-        headers=getattr(exc, "headers", None),
-    )
+def _wants_page(request: Request) -> bool:
+    """A person's browser on a page route gets an error page; everything else gets the JSON body."""
+    return request.url.path.startswith("/ui") and "text/html" in request.headers.get("accept", "")
 
 
-async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse(error_body(describe_errors(exc.errors())), status_code=422)
+def _error_response(request: Request, detail: str, status_code: int,
+                    headers: Mapping[str, str] | None = None) -> Response:
+    if _wants_page(request):
+        from api.ui import templates  # late: the page machinery is not needed by API-only callers
+
+        return templates.TemplateResponse(request, "error.html", {"detail": detail, "status_code": status_code},
+                                          status_code=status_code, headers=headers)
+    return JSONResponse(error_body(detail), status_code=status_code, headers=headers)
 
 
-def _unavailable(what: str, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    return _error_response(request, _plain_detail(exc.status_code, exc.detail, request), exc.status_code,
+                           getattr(exc, "headers", None))
+
+
+async def _sign_in(request: Request, exc: Exception) -> Response:
+    from api.ui import sign_in_url
+
+    return RedirectResponse(sign_in_url(exc.back_to, exc.reason), status_code=303)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    return _error_response(request, describe_errors(exc.errors()), 422)
+
+
+def _unavailable(request: Request, what: str, exc: Exception) -> Response:
     log.warning("%s unavailable: %s", what, exc)
-    return JSONResponse(
-        error_body(f"{what} is unreachable ({first_line(exc)}); retry in a few seconds"),
-        status_code=503,
-        headers={"Retry-After": RETRY_AFTER_S},
-    )
+    return _error_response(request, f"{what} is unreachable ({first_line(exc)}); retry in a few seconds", 503,
+                           {"Retry-After": RETRY_AFTER_S})
 
 
-async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
-    return _unavailable("the database", exc)
+async def _database_down(request: Request, exc: Exception) -> Response:
+    return _unavailable(request, "the database", exc)
 
 
-async def _oracle_down(_request: Request, exc: Exception) -> JSONResponse:
-    return _unavailable("the model server (TorchServe)", exc)
+async def _oracle_down(request: Request, exc: Exception) -> Response:
+    return _unavailable(request, "the model server (TorchServe)", exc)
 
 
-async def _broker_down(_request: Request, exc: Exception) -> JSONResponse:
-    return _unavailable("the task broker", exc)
+async def _broker_down(request: Request, exc: Exception) -> Response:
+    return _unavailable(request, "the task broker", exc)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(
-        error_body(f"internal error ({type(exc).__name__}); it was logged, please report it"),
-        status_code=500,
-    )
+    return _error_response(request, f"internal error ({type(exc).__name__}); it was logged, please report it", 500)
 
 
 def first_line(exc: Exception) -> str:
@@ -122,7 +134,10 @@ def first_line(exc: Exception) -> str:
 
 
 def install(app: FastAPI) -> None:
+    from api.ui import SignInRequired
+
     handlers: Sequence[tuple[type[Exception] | int, Any]] = (
+        (SignInRequired, _sign_in),
         (StarletteHTTPException, _http_error),
         (RequestValidationError, _validation_error),
         (sqlalchemy.exc.OperationalError, _database_down),

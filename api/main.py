@@ -7,10 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.deps import build_oracle
-from api.routes import campaigns, catalog, jobs, policies
+from api.routes import campaigns, catalog, jobs, pages, policies
+from api.ui import HERE as API_DIR
 from core.settings import get_settings
 from db.migrate import upgrade
 
@@ -29,6 +32,9 @@ DESCRIPTION = """
    and the audit log of every query (`GET /jobs/{id}/queries?format=json|csv|jsonl`).
 
 A job never spends more than `max_queries` oracle queries, and the log has exactly one row per query.
+People can use the same keys in a browser: the pages at `/ui` show jobs, frames, perturbations,
+query curves, campaigns and a submit form.
+
 Authenticate with your key in the `X-API-Key` header (every route but `/healthz` needs it). Every error body is `{"detail": "..."}`
 saying what was wrong and how to fix it; `503` means a backing service is down — retry later.
 """
@@ -70,6 +76,9 @@ def create_app() -> FastAPI:
     app.include_router(campaigns.router)
     app.include_router(policies.router)
     app.include_router(catalog.router)
+    app.include_router(pages.router)
+    app.mount("/ui/static", StaticFiles(directory=API_DIR / "static"), name="static")
+    app.add_api_route("/", lambda: RedirectResponse("/ui/jobs", status_code=303), include_in_schema=False)
     return app
 
 

@@ -75,7 +75,7 @@ def _svg(figure) -> str:  # noqa: ANN001 - a matplotlib Figure
     return text[text.index("<svg"):]
 
 
-def _plots(report: dict[str, Any]) -> list[str]:
+def report_plots(report: dict[str, Any]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +105,7 @@ def report_html(report: dict[str, Any]) -> str:
         "<tr>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in COLUMNS) + "</tr>" for row in report["attacks"]
     )
     status = "complete" if report["complete"] else f"in progress: {report['finished']} of {report['jobs']} jobs"
-    plots = "".join(f"<figure>{svg}</figure>" for svg in _plots(report))
+    plots = "".join(f"<figure>{svg}</figure>" for svg in report_plots(report))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Campaign {report['campaign']}</title>
 <style>body{{font:14px system-ui,sans-serif;margin:2em;max-width:72em}} table{{border-collapse:collapse}}

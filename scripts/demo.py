@@ -95,6 +95,10 @@ def run_demo(args: argparse.Namespace, api: str) -> int:
     oracle = OracleHTTP(settings.oracle_url, settings.oracle_management_url, settings.oracle_token)
     recheck = oracle.predict(job["model"], clips["npy"][None])[0]
     oracle.close()
+    # The demo's own key, for looking at the job's page with `--keep` (local dev files only).
+    (out / "api_key.txt").write_text(key + "\n")
+    files["page"] = f"{api}/ui/jobs/{job['id']} (sign in with the key in {out / 'api_key.txt'}; "\
+                    "DEMO_ARGS=--keep leaves the stack up)"
     report(job, files, identical, audited, recheck, time.monotonic() - began)
     return 0 if job["status"] in TERMINAL - {"error"} else 1
 
@@ -129,6 +133,7 @@ def report(job: dict, files: dict, identical: bool, audited: bool, recheck: dict
         ("artifact == last audited query", str(audited)),
         ("adversarial video (npy)", str(files["npy"])),
         ("adversarial video (FFV1 mkv)", str(files["mkv"])),
+        ("job page", files["page"]),
     ]
     width = max(len(k) for k, _ in rows)
     print("\n== VAAS demo report ==")

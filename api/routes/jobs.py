@@ -5,6 +5,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
@@ -27,7 +28,7 @@ from api.submission import (
     validate_partial_fields,
 )
 from core.settings import Settings
-from db.models import ApiKey, Job, JobStatus, QueryRecord
+from db.models import ApiKey, Job, JobKind, JobStatus, QueryRecord
 from db.session import new_session
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -155,20 +156,47 @@ async def submit_job(
     return JobOut.from_job(job, {"input"})
 
 
-@router.get("", response_model=JobPage, summary="List your jobs, newest first")
-def list_jobs(
-    session: SessionDep, key: CurrentKey, settings: SettingsDep,
-    limit: Limit = None, offset: Offset = 0, status: JobStatus | None = None,
-) -> JobPage:
-    limit = page_limit(limit, 50, settings)
-    where = [Job.api_key_id == key.id]
-    if status is not None:
-        where.append(Job.status == status.value)
+@dataclass(frozen=True)
+class JobFilter:
+    """Which of a key's jobs to list (the API's query parameters and the jobs page's filters)."""
+
+    status: JobStatus | None = None
+    attack: str | None = None
+    model: str | None = None
+    kind: JobKind | None = None
+    campaign_id: str | None = None
+
+    def where(self, key: ApiKey) -> list:
+        clauses = [Job.api_key_id == key.id]
+        for column, value in ((Job.status, self.status), (Job.attack, self.attack), (Job.model, self.model),
+                              (Job.kind, self.kind), (Job.campaign_id, self.campaign_id)):
+            if value:
+                clauses.append(column == getattr(value, "value", value))
+        return clauses
+
+
+def find_jobs(session: Session, key: ApiKey, filter_: JobFilter, limit: int, offset: int) -> tuple[list[Job], int]:
+    """One page of the key's jobs, newest first, and how many match over all pages."""
+    where = filter_.where(key)
     total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
     jobs = session.scalars(
         select(Job).options(selectinload(Job.artifacts)).where(*where)
         .order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
     ).all()
+    return list(jobs), total
+
+
+@router.get("", response_model=JobPage, summary="List your jobs, newest first")
+def list_jobs(
+    session: SessionDep, key: CurrentKey, settings: SettingsDep,
+    limit: Limit = None, offset: Offset = 0, status: JobStatus | None = None,
+    attack: Annotated[str | None, Query(description="Only jobs of this attack.")] = None,
+    model: Annotated[str | None, Query(description="Only jobs on this model.")] = None,
+    kind: Annotated[JobKind | None, Query(description="attack or pretrain.")] = None,
+    campaign_id: Annotated[str | None, Query(description="Only the jobs of this campaign.")] = None,
+) -> JobPage:
+    limit = page_limit(limit, 50, settings)
+    jobs, total = find_jobs(session, key, JobFilter(status, attack, model, kind, campaign_id), limit, offset)
     return released(session, JobPage(items=[job_out(job) for job in jobs], total=total, limit=limit,
                                      offset=offset))
 
@@ -219,15 +247,22 @@ def download_adversarial(
     """Lossless and bit-exact: `.npy` (uint8 T×H×W×3) or FFV1 RGB in Matroska."""
     job = owned_job(session, key, job_id)
     kind, media_type = ARTIFACT_FORMATS[format]
+    path = artifact_file(job, kind)
+    return FileResponse(path, media_type=media_type, filename=f"{job_id}-adversarial.{format}")
+
+
+def artifact_file(job: Job, kind: str) -> Path:
+    """Where a job's artifact lies; 409 while it may still come, 404 when it never will or is gone."""
+    what = "input clip" if kind == "input" else "adversarial clip"
     artifact = next((a for a in job.artifacts if a.kind == kind), None)
     if artifact is None:
         if not JobStatus(job.status).terminal:
-            raise HTTPException(409, f"not ready: job is {job.status}; poll GET /jobs/{job_id} until it ends")
-        raise HTTPException(404, f"job {job_id} ended ({job.status}) without an adversarial clip")
+            raise HTTPException(409, f"not ready: job is {job.status}; poll GET /jobs/{job.id} until it ends")
+        raise HTTPException(404, f"job {job.id} ended ({job.status}) without an {what}")
     path = Path(artifact.path)
     if not path.is_file():
-        raise HTTPException(404, f"the adversarial clip of job {job_id} is missing from the server's storage")
-    return FileResponse(path, media_type=media_type, filename=f"{job_id}-adversarial.{format}")
+        raise HTTPException(404, f"the {what} of job {job.id} is missing from the server's storage")
+    return path
 
 
 @router.get(
@@ -243,7 +278,7 @@ def list_queries(
     """`json`: one page ordered by seq. `csv`/`jsonl`: the whole log as a download (limit/offset ignored)."""
     owned_job(session, key, job_id)
     if format != "json":
-        return _export_queries(job_id, format)
+        return export_queries(job_id, format)
     limit = page_limit(limit, 100, settings)
     of_job = QueryRecord.job_id == job_id
     total = session.scalar(select(func.count()).select_from(QueryRecord).where(of_job)) or 0
@@ -295,7 +330,7 @@ def jsonl_lines(chunks: Iterator[list[QueryOut]]) -> Iterator[str]:
         yield "".join(json.dumps(row.model_dump(mode="json")) + "\n" for row in rows)
 
 
-def _export_queries(job_id: str, format: str) -> StreamingResponse:
+def export_queries(job_id: str, format: str) -> StreamingResponse:
     chunks = iter_query_chunks(job_id)
     if format == "csv":
         body, media_type = csv_lines(chunks), "text/csv"
