@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     oracle_management_url: str = "http://127.0.0.1:8081"
     oracle_token: str | None = Field(None, description="Bearer token when TorchServe auth is on.")
     oracle_timeout_s: float = 60.0
+    oracle_outage_s: float = Field(
+        30.0, ge=0, description="How long a job keeps retrying an unavailable oracle before it ends with an "
+        "error (each attempt sent is counted as queries).",
+    )
     oracle_max_batch: int = Field(48, description="Most clips one oracle request may carry.")
     default_model: str = "mini_c3d"
 
@@ -48,12 +52,32 @@ class Settings(BaseSettings):
     api_key_header: str = "X-API-Key"
     page_size_max: int = 500
 
+    # --- per-key limits (defaults for keys without their own; `python -m api.keys limits`) --------
+    key_jobs_per_minute: int = Field(60, ge=1, description="Jobs a key may submit per rolling minute.")
+    key_active_jobs: int = Field(50, ge=1, description="Jobs of a key queued or running at once.")
+    key_total_queries: int = Field(
+        100_000_000, ge=1,
+        description="Lifetime queries of a key: spent by ended jobs plus the budgets of active ones.",
+    )
+
     # --- worker -------------------------------------------------------------------------------
     device: str = Field("auto", description="'auto' picks CUDA when present, else CPU.")
     task_soft_time_limit_s: int = 3_600
     task_hard_time_limit_s: int = 3_660
     broker_visibility_timeout_s: int = 7_200
     checkpoint_every_s: float = 30.0
+    job_lease_s: float = Field(
+        60.0, gt=0, description="A running job's lease; its heartbeat renews it every quarter of this. A "
+        "redelivered job resumes only after the lease of a dead runner has expired.",
+    )
+    sweep_interval_s: float = Field(
+        15.0, gt=0, description="How often each worker looks for jobs whose task was lost (dead runner, "
+        "broker restarted) and publishes them again.",
+    )
+    db_retry_s: float = Field(
+        60.0, ge=0, description="How long a running job rides out a database outage before it stops and is "
+        "retried later.",
+    )
     torch_threads: int = Field(
         1, ge=1, description="Torch CPU threads per worker process (the attacker's surrogates and agents); "
         "one per process keeps N worker processes from fighting over N cores."

@@ -68,6 +68,10 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Per-key limits; NULL means the server's default (Settings.key_*). Set with `python -m api.keys limits`.
+    max_jobs_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_total_queries: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
 
 
 class JobKind(str, enum.Enum):
@@ -114,6 +118,13 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    # Which process runs the job, until when (renewed by its heartbeat): a redelivered task claims a job
+    # only once its lease has expired, and the oracle client reserves queries only under a lease it
+    # holds, so a job never runs twice at once (worker/leases.py).
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    requeued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # last re-publish by the sweeper
 
     # Jobs a campaign fanned out: which campaign, and which of its clips (the same index for every attack).
     campaign_id: Mapped[str | None] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from core.settings import get_settings
 
@@ -22,12 +23,17 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pooled: bool = True) -> Engine:
+    """`pooled=False`: every session opens its own connection and closes it (no connection outlives
+    its use, e.g. in a process that forks)."""
+    pool = {} if pooled else {"poolclass": NullPool}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
         _tune_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if pooled:
+        pool = {"pool_size": 10, "max_overflow": 20}
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 @lru_cache

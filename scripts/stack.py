@@ -44,6 +44,10 @@ class Profile:
 PROFILES = {
     "dev": Profile("dev", "vaas", 0, 8000, VAR),
     "test": Profile("test", "vaas_test", 15, 8765, VAR / "test"),
+    # Extra test stacks, so two pytest sessions on one machine never share a database, queue or API
+    # (pick one with VAAS_TEST_STACK=test2). TorchServe is shared: it holds no state of ours.
+    "test2": Profile("test2", "vaas_test2", 14, 8766, VAR / "test2"),
+    "test3": Profile("test3", "vaas_test3", 13, 8767, VAR / "test3"),
 }
 
 

@@ -14,7 +14,9 @@ import pytest
 
 from scripts import stack
 
-TEST_PROFILE = stack.PROFILES["test"]
+# VAAS_TEST_STACK=test2 (or test3) gives a second pytest session on this machine a stack of its own.
+TEST_STACK = os.environ.get("VAAS_TEST_STACK", "test")
+TEST_PROFILE = stack.PROFILES[TEST_STACK]
 # Small upload limit so the streaming check is cheap to exercise; set before settings are first read.
 os.environ.setdefault("VAAS_MAX_UPLOAD_BYTES", str(8 * 1024 * 1024))
 os.environ.update(stack.environment(TEST_PROFILE, announce=False))
@@ -27,11 +29,11 @@ TERMINAL = {"succeeded", "budget_exhausted", "failed", "cancelled", "error"}
 
 @pytest.fixture(scope="session")
 def api() -> Iterator[str]:
-    started = stack.up("test")
+    started = stack.up(TEST_STACK)
     try:
         yield f"http://127.0.0.1:{TEST_PROFILE.api_port}"
     finally:
-        stack.down("test", tuple(started))
+        stack.down(TEST_STACK, tuple(started))
 
 
 @pytest.fixture(scope="session")

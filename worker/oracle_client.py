@@ -24,6 +24,7 @@ from core.video import clip_sha256
 from db.models import Job, QueryRecord, QueryStatus
 from model_server.client import OracleHTTP, OracleRejected, OracleUnavailable
 from model_server.protocol import Prediction
+from worker.leases import LeaseLost, ride_out
 
 
 class BudgetExhausted(Exception):
@@ -61,6 +62,9 @@ class OracleClient:
         max_batch: int = 48,
         held_back: int = 1,
         retries: int = 2,
+        owner: str | None = None,
+        db_patience_s: float = 0.0,
+        outage_s: float = 0.0,
     ) -> None:
         self.job_id = job_id
         self.model = model
@@ -69,6 +73,13 @@ class OracleClient:
         self._max_batch = max_batch
         self._held_back = held_back
         self._retries = retries
+        # The lease this runner holds (worker/leases.py): reservations happen only under it, so a runner
+        # presumed dead can never spend the budget alongside the one that took the job over.
+        self._owner = owner
+        self._db_patience_s = db_patience_s
+        # How long to keep retrying an unavailable oracle (e.g. TorchServe restarting a dead backend
+        # worker) before the job fails; every attempt that was sent is counted.
+        self._outage_s = outage_s
 
     # ---------------------------------------------------------------- public API for attacks
     def query(self, clips: np.ndarray, partial: bool = False) -> list[Prediction]:
@@ -109,8 +120,10 @@ class OracleClient:
         self, chunk: np.ndarray, partial: bool, limit_offset: int | None = None
     ) -> list[Prediction]:
         held = self._held_back if limit_offset is None else limit_offset
-        for attempt in range(self._retries + 1):
-            hashes = [clip_sha256(c) for c in chunk]
+        hashes = [clip_sha256(c) for c in chunk]
+        first_failure: float | None = None
+        attempt = 0
+        while True:
             reservation = self._reserve(hashes, partial, held)
             sent = chunk[: reservation.size]
             started = time.perf_counter()
@@ -118,25 +131,35 @@ class OracleClient:
                 answers = self._http.predict(self.model, sent)
             except (OracleUnavailable, OracleRejected) as exc:
                 self._complete_failed(reservation, str(exc))
-                if isinstance(exc, OracleRejected) or attempt == self._retries:
+                now = time.monotonic()
+                first_failure = first_failure if first_failure is not None else now
+                outage_left = self._outage_s - (now - first_failure)
+                if isinstance(exc, OracleRejected) or (attempt >= self._retries and outage_left <= 0):
                     raise OracleFailed(f"oracle request failed: {exc}") from exc
-                time.sleep(0.5 * 2**attempt)
+                time.sleep(min(0.5 * 2**attempt, 8.0, max(outage_left, 0.5)))
+                attempt += 1
                 continue
             latency_ms = (time.perf_counter() - started) * 1000.0
             self._complete_answered(reservation, answers, latency_ms)
             return answers
-        raise AssertionError("unreachable")
 
     def _reserve(self, hashes: list[str], partial: bool, held: int) -> Reservation:
+        # One transaction, retried whole through a database outage (nothing is sent until it commits).
+        return ride_out(lambda: self._reserve_once(hashes, partial, held), self._db_patience_s,
+                        "reserving queries")
+
+    def _reserve_once(self, hashes: list[str], partial: bool, held: int) -> Reservation:
         wanted = len(hashes)
         with self._sessions() as session, session.begin():
             granted = self._try_reserve(session, wanted, held)
             if granted is None:
-                cancelled, used, cap = session.execute(
-                    select(Job.cancel_requested, Job.queries_used, Job.max_queries).where(
+                cancelled, used, cap, lease_owner = session.execute(
+                    select(Job.cancel_requested, Job.queries_used, Job.max_queries, Job.lease_owner).where(
                         Job.id == self.job_id
                     )
                 ).one()
+                if self._owner is not None and lease_owner != self._owner:
+                    raise LeaseLost(self.job_id)
                 if cancelled:
                     raise JobCancelled(self.job_id)
                 left = cap - held - used
@@ -165,12 +188,14 @@ class OracleClient:
         return Reservation(first_seq=first_seq, batch_id=batch_id, size=wanted)
 
     def _try_reserve(self, session: Session, n: int, held: int) -> tuple[int, int] | None:
+        fence = [Job.lease_owner == self._owner] if self._owner is not None else []
         row = session.execute(
             update(Job)
             .where(
                 Job.id == self.job_id,
                 Job.cancel_requested.is_(False),
                 Job.queries_used + n <= Job.max_queries - held,
+                *fence,
             )
             .values(queries_used=Job.queries_used + n, batches_sent=Job.batches_sent + 1)
             .returning(Job.queries_used, Job.batches_sent)
@@ -213,5 +238,9 @@ class OracleClient:
             .where(table.c.job_id == self.job_id, table.c.seq == bindparam("b_seq"))
             .values(**values)
         )
-        with self._sessions() as session, session.begin():
-            session.execute(statement, rows)
+
+        def write() -> None:
+            with self._sessions() as session, session.begin():
+                session.execute(statement, rows)
+
+        ride_out(write, self._db_patience_s, "completing audit rows")

@@ -20,6 +20,7 @@ from core.settings import Settings
 from db.models import Artifact, Job, JobStatus
 from db.session import new_session, session_scope
 from model_server.client import OracleHTTP
+from worker.leases import DATABASE_DOWN, DatabaseDown, LeaseLost, ride_out
 from worker.oracle_client import JobCancelled, OracleClient, OracleFailed
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,15 @@ POLICY_ARTIFACT = "policy"
 
 def run_pretraining(
     job: Job, settings: Settings, time_limit_exc: type[BaseException] | tuple[type[BaseException], ...] = (),
+    owner: str | None = None,
 ) -> str:
     from model_server import dataset
     from worker.attacks.rlsb import PretrainParams, pretrain, save_policy
 
     http = OracleHTTP(settings.oracle_url, settings.oracle_management_url, settings.oracle_token,
                       settings.oracle_timeout_s)
-    oracle = OracleClient(job.id, job.model, http, new_session, max_batch=settings.oracle_max_batch, held_back=0)
+    oracle = OracleClient(job.id, job.model, http, new_session, max_batch=settings.oracle_max_batch, held_back=0,
+                          owner=owner, db_patience_s=settings.db_retry_s, outage_s=settings.oracle_outage_s)
     started = time.monotonic()
     status, error, policy, report = JobStatus.error.value, None, None, None
     try:
@@ -51,6 +54,8 @@ def run_pretraining(
         status = JobStatus.cancelled.value
     except OracleFailed as exc:
         error = str(exc)
+    except (LeaseLost, DatabaseDown):
+        raise  # another runner has it, or the task is retried once the database is back
     except time_limit_exc:
         error = "pre-training reached the worker's soft time limit; give it a smaller max_queries or iterations"
     except Exception as exc:  # noqa: BLE001 - a broken pre-training must still end the job cleanly
@@ -59,7 +64,8 @@ def run_pretraining(
     finally:
         http.close()
     blob = save_policy(policy) if policy is not None and status == JobStatus.succeeded.value else None
-    return _finish(job, status, error, report, blob, started, settings)
+    return ride_out(lambda: _finish(job, status, error, report, blob, started, settings, owner),
+                    settings.db_retry_s, "storing the pre-training result")
 
 
 def _frames_of(http: OracleHTTP, model: str) -> int:
@@ -70,9 +76,12 @@ def _frames_of(http: OracleHTTP, model: str) -> int:
 
 
 def _save_progress(job_id: str, report: dict, started: float) -> None:
-    with session_scope() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(
-            metrics=_json_report(report, started)))
+    try:
+        with session_scope() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(
+                metrics=_json_report(report, started)))
+    except DATABASE_DOWN:
+        log.warning("pre-training %s: progress not stored (database unreachable)", job_id)
 
 
 def _json_report(report: dict | None, started: float) -> dict:
@@ -82,9 +91,12 @@ def _json_report(report: dict | None, started: float) -> dict:
 
 
 def _finish(job: Job, status: str, error: str | None, report: dict | None, blob: bytes | None,
-            started: float, settings: Settings) -> str:
+            started: float, settings: Settings, owner: str | None) -> str:
     with session_scope() as session:
-        row = session.get(Job, job.id)
+        row = session.get(Job, job.id, with_for_update=True)
+        if owner is not None and row.lease_owner != owner:
+            raise LeaseLost(job.id)
+        row.lease_owner, row.lease_expires_at = None, None
         metrics = _json_report(report if report is not None else row.metrics, started)
         metrics["queries"] = row.queries_used
         row.status, row.error, row.metrics = status, error, metrics

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,16 @@ from db.session import new_session, session_scope
 from model_server.client import OracleHTTP
 from worker.attacks import build_attack
 from worker.attacks.base import AttackContext, Best, Goal, Tracker
+from worker.leases import (
+    DATABASE_DOWN,
+    DatabaseDown,
+    Heartbeat,
+    LeaseLost,
+    lease_is_live,
+    new_owner,
+    release,
+    ride_out,
+)
 from worker.metrics import perturbation_metrics
 from worker.oracle_client import BudgetExhausted, JobCancelled, OracleClient, OracleFailed
 
@@ -41,23 +51,40 @@ def run_job(
     settings: Settings | None = None,
     time_limit_exc: type[BaseException] | tuple[type[BaseException], ...] = (),
 ) -> str:
-    """Run (or resume) a job; returns its terminal status.
+    """Run (or resume) a job; returns its terminal status, or why it was left alone.
 
     `time_limit_exc` is what the host raises at its soft time limit (Celery's SoftTimeLimitExceeded):
-    the job then ends with the best clip found so far instead of losing it.
+    the job then ends with the best clip found so far instead of losing it. DatabaseDown escapes (the
+    task is retried later); a job whose lease another runner holds is left to it ("leased").
     """
     settings = settings or get_settings()
-    job = _claim(job_id)
-    if job is None:
-        return "skipped"
-    if job.kind == JobKind.pretrain.value:
-        from worker.pretraining import run_pretraining
+    owner = new_owner()
+    claim = ride_out(lambda: _claim(job_id, owner, settings.job_lease_s), settings.db_retry_s, "claiming the job")
+    if not isinstance(claim, Job):
+        return claim
+    job = claim
+    try:
+        with Heartbeat(job_id, owner, settings.job_lease_s):
+            if job.kind == JobKind.pretrain.value:
+                from worker.pretraining import run_pretraining
 
-        return run_pretraining(job, settings, time_limit_exc)
+                return run_pretraining(job, settings, time_limit_exc, owner)
+            return _run_attack(job, owner, settings, time_limit_exc)
+    except LeaseLost:
+        log.warning("job %s: another runner took it over; this one stops", job_id)
+        return "lease_lost"
+    finally:
+        release(job_id, owner)
+
+
+def _run_attack(job: Job, owner: str, settings: Settings,
+                time_limit_exc: type[BaseException] | tuple[type[BaseException], ...]) -> str:
+    job_id = job.id
     clean = np.load(_artifact_path(job_id, "input"), allow_pickle=False)
     http = OracleHTTP(settings.oracle_url, settings.oracle_management_url, settings.oracle_token,
                       settings.oracle_timeout_s)
-    oracle = OracleClient(job_id, job.model, http, new_session, max_batch=settings.oracle_max_batch)
+    oracle = OracleClient(job_id, job.model, http, new_session, max_batch=settings.oracle_max_batch,
+                          owner=owner, db_patience_s=settings.db_retry_s, outage_s=settings.oracle_outage_s)
     goal = Goal(source_label=job.source_label, target_label=job.target_label)
     checkpoints = Checkpointer(job_id, settings)
     tracker = _initial_tracker(job, clean, goal, checkpoints)
@@ -73,7 +100,7 @@ def run_job(
             tracker=tracker,
             rng=np.random.default_rng([attack.params.seed, job.attempts - 1]),
             reference_clips=_reference_clips(job.model),
-            resume_from=checkpoints.load(),
+            resume_from=tracker.best.clip if checkpoints.resumed else None,
             victim=job.model,
         )
         _attach_policy(attack, job, ctx)
@@ -84,6 +111,10 @@ def run_job(
         reason = StopReason.cancelled
     except OracleFailed as exc:
         error, oracle_down = str(exc), True
+    except (LeaseLost, DatabaseDown):
+        checkpoints.save(tracker.best)  # whoever resumes starts from the best clip found here
+        http.close()
+        raise
     except time_limit_exc:  # Celery's soft time limit: keep what was found
         reason, error = StopReason.time_limit, "the job reached the worker's soft time limit"
     except Exception as exc:  # noqa: BLE001 - a broken attack must still end the job cleanly
@@ -93,7 +124,10 @@ def run_job(
         verify = reason != StopReason.cancelled and not oracle_down
         trace = ctx.trace if ctx is not None else {}
         return _finish(job, clean, tracker, oracle if verify else None, reason, error, started, settings,
-                       checkpoints, trace)
+                       checkpoints, trace, owner)
+    except (LeaseLost, DatabaseDown):
+        checkpoints.save(tracker.best)
+        raise
     finally:
         http.close()
 
@@ -115,19 +149,26 @@ def _attach_policy(attack: object, job: Job, ctx: AttackContext) -> None:
     attack.policy = load_policy(Path(path).read_bytes())
 
 
-def _claim(job_id: str) -> Job | None:
-    """Mark the job running (or cancelled if that was asked while it queued); None = nothing to do."""
+def _claim(job_id: str, owner: str, lease_s: float) -> Job | str:
+    """Take the job's lease and mark it running; or say why not (a string: skipped, leased, cancelled)."""
     with session_scope() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or JobStatus(job.status).terminal:
-            return None
+            return "skipped"
         now = datetime.now(timezone.utc)
         if job.cancel_requested:
             job.status, job.finished_at = JobStatus.cancelled.value, now
-            return None
+            return "cancelled"
+        if lease_is_live(job, owner, now):
+            # Delivered again while its runner is alive (e.g. after the broker's visibility timeout):
+            # leave it; if that runner dies, the sweeper publishes the job again once the lease expires.
+            log.warning("job %s is running under a live lease (%s); this delivery leaves it alone",
+                     job_id, job.lease_owner)
+            return "leased"
         job.status = JobStatus.running.value
         job.started_at = job.started_at or now
         job.attempts += 1
+        job.lease_owner, job.lease_expires_at = owner, now + timedelta(seconds=lease_s)
         session.flush()
         session.expunge(job)
         return job
@@ -137,10 +178,7 @@ def _initial_tracker(job: Job, clean: np.ndarray, goal: Goal, checkpoints: Check
     clean_score = goal.score(
         {"label": job.source_label, "label_name": job.source_label_name, "probability": job.source_probability}
     )
-    best = Best(clip=clean, score=clean_score, success=False)
-    resumed = checkpoints.load()
-    if resumed is not None and job.best_score is not None:
-        best = Best(clip=resumed, score=job.best_score, success=False)
+    best = checkpoints.load() or Best(clip=clean, score=clean_score, success=False)
     return Tracker(best=best, on_improve=checkpoints.on_improve)
 
 
@@ -154,32 +192,52 @@ def _reference_clips(model: str) -> Callable[[int, int], np.ndarray] | None:
 
 
 class Checkpointer:
-    """Persists the best clip and score now and then, so a crash loses little and no budget."""
+    """Keeps the best clip found so far on disk, with its score, so a crash loses no result.
+
+    Written at most once a second (at once for a first success), atomically (write, then rename):
+    after a SIGKILL the file holds a whole clip and the score the oracle gave that very clip. The
+    job's `best_score` column (progress for the API) is updated alongside, best effort.
+    """
 
     def __init__(self, job_id: str, settings: Settings) -> None:
         self.job_id = job_id
-        self.path = settings.data_dir / "checkpoints" / f"{job_id}.npy"
-        self.every_s = settings.checkpoint_every_s
+        self.path = settings.data_dir / "checkpoints" / f"{job_id}.npz"
+        self.every_s = min(settings.checkpoint_every_s, 1.0)
+        self.resumed = False
         self._last_db = 0.0
         self._last_file = 0.0
+        self._saved_success = False
 
-    def load(self) -> np.ndarray | None:
-        return np.load(self.path, allow_pickle=False) if self.path.exists() else None
+    def load(self) -> Best | None:
+        if not self.path.exists():
+            return None
+        with np.load(self.path, allow_pickle=False) as saved:
+            distance = float(saved["distance"])
+            best = Best(clip=saved["clip"], score=float(saved["score"]), success=bool(saved["success"]),
+                        distance=None if np.isnan(distance) else distance)
+        self.resumed = True
+        return best
 
     def on_improve(self, best: Best) -> None:
         now = time.monotonic()
-        if now - self._last_db >= 1.0 or best.success:
-            with session_scope() as session:
-                session.execute(update(Job).where(Job.id == self.job_id).values(best_score=best.score))
-            self._last_db = now
-        if now - self._last_file >= self.every_s:
-            self.save(best.clip)
+        if now - self._last_file >= self.every_s or (best.success and not self._saved_success):
+            self.save(best)
             self._last_file = now
+            self._saved_success = self._saved_success or best.success
+        if now - self._last_db >= 1.0 or best.success:
+            try:
+                with session_scope() as session:
+                    session.execute(update(Job).where(Job.id == self.job_id).values(best_score=best.score))
+            except DATABASE_DOWN:
+                log.warning("job %s: best score not stored (database unreachable)", self.job_id)
+            self._last_db = now
 
-    def save(self, clip: np.ndarray) -> None:
+    def save(self, best: Best) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp.npy")
-        write_npy(clip, tmp)
+        tmp = self.path.with_suffix(".tmp.npz")
+        with tmp.open("wb") as handle:
+            np.savez(handle, clip=np.ascontiguousarray(best.clip, dtype=np.uint8), score=best.score,
+                     success=best.success, distance=np.nan if best.distance is None else best.distance)
         tmp.replace(self.path)  # atomic: a crash never leaves half a checkpoint
 
     def clear(self) -> None:
@@ -197,6 +255,7 @@ def _finish(
     settings: Settings,
     checkpoints: Checkpointer,
     trace: dict,
+    owner: str,
 ) -> str:
     best = tracker.best
     verified = None
@@ -221,15 +280,22 @@ def _finish(
         "wall_time_s": round(time.monotonic() - started, 3),
         "attack": trace,
     }
-    with session_scope() as session:
-        row = session.get(Job, job.id)
-        metrics["queries"] = row.queries_used
-        metrics["queries_per_s"] = round(row.queries_used / max(metrics["wall_time_s"], 1e-9), 2)
-        row.status, row.error, row.metrics = status, error, metrics
-        row.best_score = goal.score(verified) if verified else best.score
-        row.finished_at = datetime.now(timezone.utc)
-        for kind, path in paths.items():
-            _upsert_artifact(session, job.id, kind, path)
+
+    def store() -> None:
+        with session_scope() as session:
+            row = session.get(Job, job.id, with_for_update=True)
+            if row.lease_owner != owner:
+                raise LeaseLost(job.id)
+            metrics["queries"] = row.queries_used
+            metrics["queries_per_s"] = round(row.queries_used / max(metrics["wall_time_s"], 1e-9), 2)
+            row.status, row.error, row.metrics = status, error, metrics
+            row.best_score = goal.score(verified) if verified else best.score
+            row.finished_at = datetime.now(timezone.utc)
+            row.lease_owner, row.lease_expires_at = None, None
+            for kind, path in paths.items():
+                _upsert_artifact(session, job.id, kind, path)
+
+    ride_out(store, settings.db_retry_s, "storing the job's result")
     checkpoints.clear()
     return status
 
