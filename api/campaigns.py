@@ -3,7 +3,9 @@
 Fairness (the point of a campaign): every attack gets the same clips, the same target per clip and the
 same budget per job. The fan-out checks everything first (attacks and their parameters, the model, the
 clips, the targets, one clean query per job), then stores the campaign and all its jobs in ONE
-transaction and queues them: a refused campaign stores nothing, an accepted one is whole.
+transaction and queues them: a refused campaign stores nothing, an accepted one is whole. Each of its
+jobs counts against the key's limits (api/limits.py) like a job submitted alone: checked before the
+clean queries, and again under a lock on the key in the transaction that stores them.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from api.forms import UploadedFile
+from api.limits import enforce_limits, precheck_limits
 from api.submission import (
     CleanAnswer,
     Submission,
@@ -184,31 +187,61 @@ def create_campaign(session: Session, key: ApiKey, request: CampaignRequest, ora
     if not 2 <= request.max_queries <= settings.max_queries_cap:
         raise _unprocessable(f"max_queries must be between 2 and {settings.max_queries_cap}, got {request.max_queries}")
     spec = describe_model(oracle, model)
+    if uploads:
+        # Planning asks the oracle for each upload's label. At least one clip is left after planning
+        # (else 422), so a campaign whose smallest outcome is over the key's limits is refused first.
+        precheck_limits(session, key, settings, len(attacks), len(attacks) * request.max_queries)
     planned = plan_clips(request, model, spec, uploads or [], oracle, settings)
-    if len(planned) * len(attacks) > MAX_CAMPAIGN_JOBS:
+    n_jobs = len(planned) * len(attacks)
+    if n_jobs > MAX_CAMPAIGN_JOBS:
         raise _unprocessable(f"{len(planned)} clips × {len(attacks)} attacks is more than {MAX_CAMPAIGN_JOBS} "
                              "jobs; split the campaign")
+    precheck_limits(session, key, settings, n_jobs, n_jobs * request.max_queries)
     submissions = [_submission(session, key, attack, model, request, clip) for clip in planned for attack in attacks]
+    clips = [clip for clip in planned for _ in attacks]
+    cleans = _clean_answers(clips, oracle, model)
+    campaign = _store(session, key, request, settings, model, attacks, planned, clips, submissions, cleans,
+                      uploaded=bool(uploads))
+    for job in campaign.jobs:
+        enqueue(session, job)
+    return campaign
+
+
+def _clean_answers(clips: list[CampaignClip], oracle: OracleHTTP, model: str) -> list[CleanAnswer]:
+    """Each job's first query is its own clean query, as for a single job; an uploaded clip's answer read
+    while planning (to learn its label) is the first query of the first of its jobs.
+
+    Asked before the storing transaction, so the key's row is never locked while the oracle works.
+    """
+    answered_once: set[int] = set()
+    cleans = []
+    for clip in clips:
+        reuse = clip.clean is not None and clip.index not in answered_once
+        cleans.append(clip.clean if reuse else query_clean(oracle, model, clip.clip))
+        answered_once.add(clip.index)
+    return cleans
+
+
+def _store(session: Session, key: ApiKey, request: CampaignRequest, settings: Settings, model: str,
+           attacks: list[dict], planned: list[CampaignClip], clips: list[CampaignClip],
+           submissions: list[Submission], cleans: list[CleanAnswer], uploaded: bool) -> Campaign:
+    """The campaign and all its jobs in one transaction, under the key's limits: all stored, or none."""
     campaign_id = new_id()
     written: list[Path] = []
     try:
+        enforce_limits(session, key, settings, new_jobs=len(submissions),
+                       new_queries=len(submissions) * request.max_queries, lock=True)
         campaign = Campaign(id=campaign_id, api_key_id=key.id, model=model, goal=request.goal,
                             target_rule=(request.target_rule or NextClass()).model_dump() if request.goal == "targeted"
                             else {"kind": "none"},
                             max_queries=request.max_queries, attacks=attacks,
-                            clips={**({"set": "uploaded"} if uploads else request.clips.model_dump()),
+                            clips={**({"set": "uploaded"} if uploaded else request.clips.model_dump()),
                                    "count": len(planned), "indices": [c.index for c in planned],
                                    "names": [c.name for c in planned]})
         session.add(campaign)
         session.flush()
-        answered_once: set[int] = set()
-        for (clip, submission) in zip([c for c in planned for _ in attacks], submissions, strict=True):
+        for clip, submission, clean in zip(clips, submissions, cleans, strict=True):
             upload = UploadedFile(filename=clip.name, content_type=None, data=bytearray(_npy_bytes(clip.clip)))
-            # Each job's first query is its own clean query, as for a single job; an uploaded clip's
-            # answer read while planning (to learn its label) is the first of its jobs' queries.
-            reuse = clip.clean is not None and clip.index not in answered_once
-            clean = clip.clean if reuse else query_clean(oracle, model, clip.clip)
-            answered_once.add(clip.index)
             _, path = add_job_rows(session, key, submission, upload, clip.clip, clean, settings,
                                    campaign_id=campaign_id, clip_index=clip.index)
             written.append(path)
@@ -219,8 +252,6 @@ def create_campaign(session: Session, key: ApiKey, request: CampaignRequest, ora
             path.unlink(missing_ok=True)
         raise
     session.refresh(campaign)
-    for job in campaign.jobs:
-        enqueue(session, job)
     return campaign
 
 

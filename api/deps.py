@@ -43,12 +43,7 @@ def released(session: Session, response: T) -> T:
 
 
 def build_oracle(settings: Settings) -> OracleHTTP:
-    return OracleHTTP(
-        settings.oracle_url,
-        settings.oracle_management_url,
-        settings.oracle_token,
-        settings.oracle_timeout_s,
-    )
+    return OracleHTTP.from_settings(settings)
 
 
 def get_oracle(request: Request) -> OracleHTTP:

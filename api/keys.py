@@ -1,9 +1,14 @@
-"""API keys: created, looked up and revoked here; the CLI is `python -m api.keys create|revoke|list`.
+"""API keys: created, looked up, limited and revoked here; the CLI is
+`python -m api.keys create|revoke|limits|list`.
 
 A key is `vaas_` + 32 URL-safe characters (192 random bits). Only its SHA-256 is stored: a leaked
 database does not leak usable keys, and a plain (unsalted) hash is enough because the key itself is
 high-entropy — there is nothing to brute-force. A short prefix is kept in clear so operators can tell
 keys apart in listings and revoke one without ever seeing it again.
+
+Each key may have its own limits (jobs per minute, active jobs, lifetime queries; api/limits.py); a
+key without its own uses the server's defaults (VAAS_KEY_JOBS_PER_MINUTE, VAAS_KEY_ACTIVE_JOBS,
+VAAS_KEY_TOTAL_QUERIES).
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from datetime import datetime, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.limits import KeyLimits
+from core.settings import Settings
 from db.models import ApiKey
 
 KEY_PREFIX = "vaas_"
@@ -91,10 +98,42 @@ def revoke_key(session: Session, prefix_or_id: str | int) -> ApiKey:
     return key
 
 
+# The limit columns of ApiKey, by the CLI option that sets them.
+LIMIT_COLUMNS = {
+    "jobs_per_minute": "max_jobs_per_minute",
+    "active_jobs": "max_active_jobs",
+    "total_queries": "max_total_queries",
+}
+
+
+def set_limits(session: Session, prefix_or_id: str | int, **limits: int | None) -> ApiKey:
+    """Set a key's own limits: a positive value is the key's limit, 0 returns it to the server's
+    default, None (or a limit not named) leaves it as it is."""
+    unknown = sorted(set(limits) - set(LIMIT_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown limit(s) {', '.join(unknown)}; the limits are {', '.join(LIMIT_COLUMNS)}")
+    for name, value in limits.items():
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be a positive number, or 0 for the server's default; got {value}")
+    key = resolve_key(session, str(prefix_or_id))
+    for name, value in limits.items():
+        if value is not None:
+            setattr(key, LIMIT_COLUMNS[name], value or None)
+    session.commit()
+    return key
+
+
 # ------------------------------------------------------------------------------------------ CLI
-def _format(key: ApiKey) -> str:
+def _format(key: ApiKey, settings: Settings) -> str:
     state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
-    return f"{key.id:>5}  {key.prefix:<14}  {state:<24}  {key.name}"
+    limits = KeyLimits.of(key, settings).describe()
+    return f"{key.id:>5}  {key.prefix:<14}  {state:<24}  {limits}  {key.name}"
+
+
+def _limit_options(parser: argparse.ArgumentParser) -> None:
+    for name in LIMIT_COLUMNS:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, metavar="N",
+                            help=f"this key's {name.replace('_', ' ')} limit (0 = the server's default)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,12 +141,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("create", help="create a key and print it once").add_argument("name")
     commands.add_parser("revoke", help="revoke a key").add_argument("prefix_or_id")
-    commands.add_parser("list", help="list keys (prefixes only)")
+    limits = commands.add_parser(
+        "limits", help="show or set a key's limits (jobs per minute, active jobs, total queries)",
+        description="Without options, show the key's limits. Each option sets one; 0 returns it to the "
+                    "server's default.")
+    limits.add_argument("prefix_or_id")
+    _limit_options(limits)
+    commands.add_parser("list", help="list keys (prefixes only) and their limits")
     args = parser.parse_args(argv)
 
+    from core.settings import get_settings
     from db.migrate import upgrade
     from db.session import new_session
 
+    settings = get_settings()
     upgrade()  # the CLI may be the first thing run against a fresh database
     with new_session() as session:
         try:
@@ -117,10 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                       file=sys.stderr)
                 print(plaintext)
             elif args.command == "revoke":
-                print(_format(revoke_key(session, args.prefix_or_id)))
+                print(_format(revoke_key(session, args.prefix_or_id), settings))
+            elif args.command == "limits":
+                chosen = {name: getattr(args, name) for name in LIMIT_COLUMNS}
+                print(_format(set_limits(session, args.prefix_or_id, **chosen), settings))
             else:
                 for key in session.scalars(select(ApiKey).order_by(ApiKey.id)):
-                    print(_format(key))
+                    print(_format(key, settings))
         except (KeyLookupError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -2,7 +2,9 @@
 
 Checks run in a fixed order (cheapest first, the oracle last) and every failure is a 4xx that stores
 nothing: no job row, no query row, no file. The clean clip's oracle answer is the job's first query
-(seq 0, batch 0), so the worker starts with `queries_used = 1` and the audit log is complete.
+(seq 0, batch 0), so the worker starts with `queries_used = 1` and the audit log is complete. The key's
+limits (api/limits.py) are checked before the oracle is asked and again, under a lock on the key, in
+the transaction that stores the job.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import describe_errors, first_line
 from api.forms import FILE_FIELD, UploadedFile
+from api.limits import enforce_limits, precheck_limits
 from core.settings import Settings
 from core.video import DecodeLimits, VideoError, clip_sha256, decode_video, write_npy
 from db.models import ApiKey, Artifact, Job, JobStatus, QueryRecord, QueryStatus, new_id
@@ -239,9 +242,10 @@ def persist_job(
     clean: CleanAnswer,
     settings: Settings,
 ) -> Job:
-    """Job, its first query and its input clip: all stored, or (on any error) none of them."""
+    """Job, its first query and its input clip: all stored, or (on any error, a limit included) none."""
     path = None
     try:
+        enforce_limits(session, key, settings, new_jobs=1, new_queries=submission.max_queries, lock=True)
         job, path = add_job_rows(session, key, submission, upload, clip, clean, settings)
         session.commit()
     except BaseException:
@@ -371,6 +375,8 @@ def create_job(
     settings: Settings,
 ) -> Job:
     """Everything after the form checks; blocking (oracle HTTP, decoding, SQL), so run it in a thread."""
+    # First the key's limits, cheaply: a key over them must not cost a decode or an oracle query.
+    precheck_limits(session, key, settings, new_jobs=1, new_queries=submission.max_queries)
     spec = describe_model(oracle, submission.model)
     clip = decode_upload(bytes(upload.data), spec, settings)
     check_target_range(submission.target_label, spec)

@@ -31,7 +31,11 @@ class Settings(BaseSettings):
     # --- oracle (TorchServe) ------------------------------------------------------------------
     oracle_url: str = "http://127.0.0.1:8080"
     oracle_management_url: str = "http://127.0.0.1:8081"
-    oracle_token: str | None = Field(None, description="Bearer token when TorchServe auth is on.")
+    oracle_token: str | None = Field(None, description="Bearer token of TorchServe's inference API when auth is on.")
+    oracle_management_token: str | None = Field(
+        None, description="Bearer token of TorchServe's management API when auth is on (key_file.json's "
+        "'management' key; compose reads both tokens from TorchServe's key file).",
+    )
     oracle_timeout_s: float = 60.0
     oracle_outage_s: float = Field(
         30.0, ge=0, description="How long a job keeps retrying an unavailable oracle before it ends with an "
@@ -53,8 +57,10 @@ class Settings(BaseSettings):
     page_size_max: int = 500
 
     # --- per-key limits (defaults for keys without their own; `python -m api.keys limits`) --------
-    key_jobs_per_minute: int = Field(60, ge=1, description="Jobs a key may submit per rolling minute.")
-    key_active_jobs: int = Field(50, ge=1, description="Jobs of a key queued or running at once.")
+    # A campaign's jobs count one by one, so the defaults let one campaign of the largest size (2 000
+    # jobs) through; tighten them per key for clients that only submit single jobs.
+    key_jobs_per_minute: int = Field(2_000, ge=1, description="Jobs a key may submit per rolling minute.")
+    key_active_jobs: int = Field(2_000, ge=1, description="Jobs of a key queued or running at once.")
     key_total_queries: int = Field(
         100_000_000, ge=1,
         description="Lifetime queries of a key: spent by ended jobs plus the budgets of active ones.",

@@ -37,6 +37,10 @@ class ModelSpec:
         return (self.frames, self.height, self.width)
 
 
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class OracleHTTP:
     def __init__(
         self,
@@ -44,10 +48,18 @@ class OracleHTTP:
         management_url: str,
         token: str | None = None,
         timeout_s: float = 60.0,
+        management_token: str | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._inference = httpx.Client(base_url=inference_url, timeout=timeout_s, headers=headers)
-        self._management = httpx.Client(base_url=management_url, timeout=timeout_s, headers=headers)
+        # TorchServe's token auth has one token for inference and another for management; the inference
+        # token is never accepted by the management API, so there is no fallback from one to the other.
+        self._inference = httpx.Client(base_url=inference_url, timeout=timeout_s, headers=_bearer(token))
+        self._management = httpx.Client(base_url=management_url, timeout=timeout_s,
+                                        headers=_bearer(management_token))
+
+    @classmethod
+    def from_settings(cls, settings) -> OracleHTTP:  # noqa: ANN001 - core.settings.Settings
+        return cls(settings.oracle_url, settings.oracle_management_url, settings.oracle_token,
+                   settings.oracle_timeout_s, settings.oracle_management_token)
 
     def close(self) -> None:
         self._inference.close()

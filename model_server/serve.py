@@ -34,9 +34,7 @@ class ServeError(RuntimeError):
 
 def client() -> OracleHTTP:
     settings = get_settings()
-    return OracleHTTP(
-        settings.oracle_url, settings.oracle_management_url, settings.oracle_token, settings.oracle_timeout_s
-    )
+    return OracleHTTP.from_settings(settings)
 
 
 def _torchserve() -> str:

@@ -92,7 +92,7 @@ def run_demo(args: argparse.Namespace, api: str) -> int:
     audited = last["items"][-1]["clip_sha256"] == clip_sha256(clips["npy"]) if last["items"] else False
 
     settings = get_settings()
-    oracle = OracleHTTP(settings.oracle_url, settings.oracle_management_url, settings.oracle_token)
+    oracle = OracleHTTP.from_settings(settings)
     recheck = oracle.predict(job["model"], clips["npy"][None])[0]
     oracle.close()
     # The demo's own key, for looking at the job's page with `--keep` (local dev files only).

@@ -35,8 +35,7 @@ def run_pretraining(
     from model_server import dataset
     from worker.attacks.rlsb import PretrainParams, pretrain, save_policy
 
-    http = OracleHTTP(settings.oracle_url, settings.oracle_management_url, settings.oracle_token,
-                      settings.oracle_timeout_s)
+    http = OracleHTTP.from_settings(settings)
     oracle = OracleClient(job.id, job.model, http, new_session, max_batch=settings.oracle_max_batch, held_back=0,
                           owner=owner, db_patience_s=settings.db_retry_s, outage_s=settings.oracle_outage_s)
     started = time.monotonic()

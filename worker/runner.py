@@ -81,8 +81,7 @@ def _run_attack(job: Job, owner: str, settings: Settings,
                 time_limit_exc: type[BaseException] | tuple[type[BaseException], ...]) -> str:
     job_id = job.id
     clean = np.load(_artifact_path(job_id, "input"), allow_pickle=False)
-    http = OracleHTTP(settings.oracle_url, settings.oracle_management_url, settings.oracle_token,
-                      settings.oracle_timeout_s)
+    http = OracleHTTP.from_settings(settings)
     oracle = OracleClient(job_id, job.model, http, new_session, max_batch=settings.oracle_max_batch,
                           owner=owner, db_patience_s=settings.db_retry_s, outage_s=settings.oracle_outage_s)
     goal = Goal(source_label=job.source_label, target_label=job.target_label)

@@ -2,9 +2,10 @@
 
 Pre-training (RLSB Algorithm 1) queries the oracle with attacker-owned clips, so it is a job of its own
 (`kind = "pretrain"`) with its own budget and audit log (`GET /jobs/{id}/queries`), cancellable with
-`DELETE /jobs/{id}` like any job. Its product is the policy: an `rlsb` attack job names one
-(`params.policy`) or takes the newest finished policy of its model and goal, and reports the
-pre-training queries separately from its own, as the paper does (Table 1).
+`DELETE /jobs/{id}` like any job and counted against the key's limits like any job (api/limits.py).
+Its product is the policy: an `rlsb` attack job names one (`params.policy`) or takes the newest
+finished policy of its model and goal, and reports the pre-training queries separately from its own,
+as the paper does (Table 1).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from api.deps import CurrentKey, OracleDep, SessionDep, SettingsDep, released
 from api.errors import describe_errors
+from api.limits import enforce_limits
 from api.routes.jobs import Limit, Offset, page_limit
 from api.schemas import Progress, UtcDatetime
 from api.submission import describe_model, enqueue, parse_model
@@ -122,7 +124,9 @@ def pretrain_parameters(key: CurrentKey) -> dict[str, Any]:  # noqa: ARG001 - th
 
 
 @router.post("", status_code=202, response_model=PolicyOut, summary="Start RLSB policy pre-training",
-             responses={422: {"description": "A field is unusable; `detail` says which."}})
+             responses={422: {"description": "A field is unusable; `detail` says which."},
+                        403: {"description": "The key's query quota would be exceeded; nothing is stored."},
+                        429: {"description": "The key's rate or active-jobs limit; nothing is stored."}})
 async def start_pretraining(body: PretrainRequest, response: Response, key: CurrentKey, session: SessionDep,
                             settings: SettingsDep, oracle: OracleDep) -> PolicyOut:
     """Queue a pre-training job (RLSB Algorithm 1) with its own budget; poll it here or at /jobs/{id}."""
@@ -145,12 +149,19 @@ def _create_pretraining(session: Session, key: ApiKey, body: PretrainRequest, or
     model = parse_model(body.model or settings.default_model)
     describe_model(oracle, model)
     _require_attacker_data(model)
-    job = Job(id=new_id(), api_key_id=key.id, kind=JobKind.pretrain.value, attack="rlsb", model=model,
-              goal=body.goal, target_label=None, params=params, max_queries=body.max_queries,
-              queries_used=0, batches_sent=0, status=JobStatus.queued.value, cancel_requested=False,
-              attempts=0, created_at=datetime.now(timezone.utc))
-    session.add(job)
-    session.commit()
+    # No oracle query happens at submission, so one check suffices: under the key's lock, in the
+    # transaction that adds the job.
+    try:
+        enforce_limits(session, key, settings, new_jobs=1, new_queries=body.max_queries, lock=True)
+        job = Job(id=new_id(), api_key_id=key.id, kind=JobKind.pretrain.value, attack="rlsb", model=model,
+                  goal=body.goal, target_label=None, params=params, max_queries=body.max_queries,
+                  queries_used=0, batches_sent=0, status=JobStatus.queued.value, cancel_requested=False,
+                  attempts=0, created_at=datetime.now(timezone.utc))
+        session.add(job)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
     session.refresh(job, ["artifacts"])
     enqueue(session, job)
     return job

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from api import keys
+from api.limits import KeyLimits
+from core.settings import Settings, get_settings
+from db import session as db_session
 from db.models import ApiKey
 
 
@@ -66,3 +72,76 @@ def test_revoke_refuses_unknown_and_ambiguous(session) -> None:
         keys.revoke_key(session, "999")
     with pytest.raises(keys.KeyLookupError, match="use the id"):
         keys.revoke_key(session, "vaas_")
+
+
+# ------------------------------------------------------------------------------ limits
+def test_set_limits_sets_resets_and_leaves_alone(session) -> None:
+    key, _ = keys.create_key(session, "limited")
+    keys.set_limits(session, key.id, jobs_per_minute=5, active_jobs=2)
+    keys.set_limits(session, key.prefix, total_queries=1_000, active_jobs=None)
+    row = session.get(ApiKey, key.id)
+    assert (row.max_jobs_per_minute, row.max_active_jobs, row.max_total_queries) == (5, 2, 1_000)
+    keys.set_limits(session, key.id, jobs_per_minute=0)
+    assert (row.max_jobs_per_minute, row.max_active_jobs) == (None, 2)
+
+
+@pytest.mark.parametrize(("limits", "words"), [
+    ({"active_jobs": -1}, "positive number, or 0"),
+    ({"per_hour": 3}, "unknown limit"),
+])
+def test_set_limits_refuses_nonsense(session, limits: dict, words: str) -> None:
+    key, _ = keys.create_key(session, "k")
+    with pytest.raises(ValueError, match=words):
+        keys.set_limits(session, key.id, **limits)
+
+
+def test_effective_limits_say_which_are_the_keys_own() -> None:
+    settings = Settings(key_jobs_per_minute=60, key_active_jobs=50, key_total_queries=1_000_000)
+    key = ApiKey(name="k", prefix="vaas_x", key_hash="h", max_active_jobs=3)
+    limits = KeyLimits.of(key, settings)
+    assert (limits.jobs_per_minute, limits.active_jobs, limits.total_queries) == (60, 3, 1_000_000)
+    assert limits.describe() == "60 jobs/min (default), 3 active (own), 1,000,000 queries (default)"
+
+
+@pytest.fixture
+def cli_database(tmp_path: Path, monkeypatch) -> Iterator[None]:  # noqa: ANN001
+    """The CLI reads VAAS_DATABASE_URL like the services: point it at a throwaway SQLite file."""
+    monkeypatch.setenv("VAAS_DATABASE_URL", f"sqlite:///{tmp_path / 'keys.db'}")
+    monkeypatch.setenv("VAAS_KEY_ACTIVE_JOBS", "7")
+    monkeypatch.setenv("VAAS_KEY_JOBS_PER_MINUTE", "60")
+    caches = (get_settings, db_session.get_engine, db_session._factory)
+    for cache in caches:
+        cache.cache_clear()
+    yield
+    for cache in caches:
+        cache.cache_clear()
+
+
+def test_cli_sets_shows_and_resets_limits(cli_database, capsys) -> None:
+    assert keys.main(["create", "ops"]) == 0
+    capsys.readouterr()
+    with db_session.session_scope() as session:
+        prefix = session.scalars(select(ApiKey.prefix)).one()
+
+    assert keys.main(["limits", prefix, "--jobs-per-minute", "10", "--total-queries", "5000"]) == 0
+    line = capsys.readouterr().out
+    assert "10 jobs/min (own), 7 active (default), 5,000 queries (own)" in line and prefix in line
+
+    assert keys.main(["limits", "1", "--jobs-per-minute", "0"]) == 0
+    assert "60 jobs/min (default)" in capsys.readouterr().out
+    assert keys.main(["limits", "1"]) == 0  # no option: show them
+    assert "5,000 queries (own)" in capsys.readouterr().out
+    assert keys.main(["list"]) == 0
+    assert "60 jobs/min (default), 7 active (default), 5,000 queries (own)" in capsys.readouterr().out
+    with db_session.session_scope() as session:
+        key = session.get(ApiKey, 1)
+        assert (key.max_jobs_per_minute, key.max_active_jobs, key.max_total_queries) == (None, None, 5000)
+
+
+def test_cli_limit_errors_say_what_is_wrong(cli_database, capsys) -> None:
+    assert keys.main(["limits", "42", "--active-jobs", "3"]) == 1
+    assert "no API key with id 42" in capsys.readouterr().err
+    keys.main(["create", "ops"])
+    capsys.readouterr()
+    assert keys.main(["limits", "1", "--active-jobs", "-2"]) == 1
+    assert "positive number, or 0" in capsys.readouterr().err
