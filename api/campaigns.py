@@ -59,7 +59,7 @@ class NextClass(BaseModel):
 
 class RandomOtherClass(BaseModel):
     kind: Literal["random"]
-    seed: int = Field(0, description="Same seed, same targets.")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Same seed, same targets.")
 
 
 class FixedLabel(BaseModel):
@@ -153,10 +153,18 @@ def targets_for(rule: TargetRule | None, goal: str, labels: np.ndarray, classes:
     return list(rule.labels)
 
 
+def _decode_part(index: int, upload: UploadedFile, spec: ModelSpec, settings: Settings) -> np.ndarray:
+    """An uploaded clip, decoded; a refusal says which of the parts it was."""
+    try:
+        return decode_upload(bytes(upload.data), spec, settings)
+    except HTTPException as exc:
+        raise HTTPException(exc.status_code, f"video[{index}] ({upload.filename or 'no name'}): {exc.detail}") from exc
+
+
 def plan_clips(request: CampaignRequest, model: str, spec: ModelSpec, uploads: list[UploadedFile],
                oracle: OracleHTTP, settings: Settings) -> list[CampaignClip]:
     if uploads:
-        clips = [decode_upload(bytes(u.data), spec, settings) for u in uploads]
+        clips = [_decode_part(i, u, spec, settings) for i, u in enumerate(uploads)]
         cleans = [query_clean(oracle, model, clip) for clip in clips]  # the first job's clean query
         indices, labels = list(range(len(clips))), np.array([c.prediction["label"] for c in cleans])
         names = [(u.filename or f"upload-{i}") for i, u in enumerate(uploads)]

@@ -2,7 +2,8 @@
 
 Clients (and the people reading their logs) get one shape and one readable sentence, never FastAPI's
 list-of-dicts validation format. Infrastructure outages answer 503 with `Retry-After`, not 500: the
-request was fine, a dependency was down, and retrying later is the right move.
+request was fine, a dependency was down, and retrying later is the right move. A URL holding a NUL
+character is refused before routing (`RefuseNulInUrl`): no route could use it.
 """
 from __future__ import annotations
 
@@ -127,6 +128,31 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _error_response(request, f"internal error ({type(exc).__name__}); it was logged, please report it", 500)
 
 
+class RefuseNulInUrl:
+    """ASGI middleware: a URL holding a NUL character (%00) is refused with 400 before any route runs.
+
+    No id, name or filter of this API can contain a NUL, and Postgres refuses to compare text that
+    does (a DataError, which would surface as a 500 from whichever route passed the value on). One
+    check here covers every path and query parameter, the pages' included.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and _url_has_nul(scope):
+            detail = "the URL contains a NUL character (%00), which no id, name or filter of this API can hold"
+            response = _error_response(Request(scope), detail, 400)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _url_has_nul(scope: dict) -> bool:
+    query = scope.get("query_string", b"")
+    return "\x00" in scope.get("path", "") or b"%00" in query or b"\x00" in query
+
+
 def first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     # SQLAlchemy appends SQL and a help URL after the first line; the first line says what broke.
@@ -148,3 +174,4 @@ def install(app: FastAPI) -> None:
     )
     for kind, handler in handlers:
         app.add_exception_handler(kind, handler)
+    app.add_middleware(RefuseNulInUrl)

@@ -7,6 +7,7 @@ stream is fed to python-multipart chunk by chunk and reading stops the moment th
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
@@ -62,6 +63,13 @@ def human_bytes(n: float) -> str:
         if n < 1024 or unit == "GiB":
             return f"{n:.1f}".removesuffix(".0") + f" {unit}"
     raise AssertionError("unreachable")
+
+
+def clean_filename(raw: bytes) -> str:
+    """The client's file name as text fit to store and show: control characters (NUL, CR, LF, …) become
+    '_'. The name is only informational, and Postgres cannot store a NUL in a text column."""
+    text = raw.decode("utf-8", "replace")
+    return "".join("_" if unicodedata.category(char) == "Cc" else char for char in text)
 
 
 class _FormCollector:
@@ -122,7 +130,7 @@ class _FormCollector:
             filename = options.get(b"filename")
             content_type = self._headers.get(b"content-type")
             self._file = UploadedFile(
-                filename=filename.decode("utf-8", "replace") if filename else None,
+                filename=clean_filename(filename) if filename else None,
                 content_type=content_type.decode("latin-1") if content_type else None,
             )
             self.form.files.append(self._file)

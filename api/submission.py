@@ -188,7 +188,7 @@ def describe_model(oracle: OracleHTTP, model: str) -> ModelSpec:
 
 
 def decode_upload(data: bytes, spec: ModelSpec, settings: Settings) -> np.ndarray:
-    limits = DecodeLimits(settings.max_decode_frames, settings.max_decode_pixels)
+    limits = DecodeLimits(settings.max_decode_frames, settings.max_decode_pixels, settings.max_decode_total_pixels)
     try:
         return decode_video(data, spec.frames, (spec.height, spec.width), limits)
     except VideoError as exc:

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     max_queries_cap: int = 200_000
     max_decode_frames: int = 4_096
     max_decode_pixels: int = 4096 * 2160
+    max_decode_total_pixels: int = Field(
+        1 << 30, description="Most pixels decoded from one upload (frames × width × height): a short 4K "
+        "video fits, a tiny file that expands to hours of 4K (a decompression bomb) does not.",
+    )
     api_key_header: str = "X-API-Key"
     page_size_max: int = 500
 

@@ -27,6 +27,7 @@ from model_server import protocol, zoo
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
+FORM_TYPES = ("multipart/", "application/x-www-form-urlencoded")
 
 
 class OracleHandler:
@@ -76,14 +77,16 @@ class OracleHandler:
         for idx, row in enumerate(data):
             context.set_response_content_type(idx, JSON)
             try:
+                _refuse_forms(context, idx)
                 decoded.append(protocol.decode_batch(_body(row), self.frame_shape, self.max_clips))
                 replies.append("")
             except protocol.ProtocolError as exc:
                 decoded.append(None)
-                context.set_response_status(400, "Bad Request", idx)
-                replies.append(
-                    json.dumps({"code": 400, "type": "BadRequest", "message": str(exc)}, ensure_ascii=False)
-                )
+                replies.append(_error(context, idx, 400, "BadRequest", str(exc)))
+            except Exception as exc:  # noqa: BLE001 - a bug decoding one body must not fail the batch
+                logger.exception("unexpected error decoding request %d", idx)
+                decoded.append(None)
+                replies.append(_error(context, idx, 500, "InternalServerError", f"{type(exc).__name__}: {exc}"))
         good = [clips for clips in decoded if clips is not None]
         if not good:
             return replies
@@ -103,6 +106,22 @@ class OracleHandler:
             for p, k in zip(probability.tolist(), label.tolist()):
                 answers.append(protocol.Prediction(label=k, label_name=self.labels[k], probability=p))
         return answers
+
+
+def _error(context: Any, idx: int, code: int, kind: str, message: str) -> str:
+    """Set request `idx`'s status and return its JSON error body (TorchServe's own error shape)."""
+    context.set_response_status(code, "Bad Request" if code == 400 else "Internal Server Error", idx)
+    return json.dumps({"code": code, "type": kind, "message": message}, ensure_ascii=False)
+
+
+def _refuse_forms(context: Any, idx: int) -> None:
+    """TorchServe turns each part of a form into a field of its own: a clip must be the raw body."""
+    content_type = context.get_request_header(idx, "Content-Type") or context.get_request_header(idx, "content-type")
+    if content_type and content_type.strip().lower().startswith(FORM_TYPES):
+        raise protocol.ProtocolError(
+            f"send the .npy as the raw request body with Content-Type: application/octet-stream, "
+            f"not as a form ({content_type.split(';')[0]})"
+        )
 
 
 def _body(row: dict) -> bytes:

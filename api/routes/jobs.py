@@ -112,8 +112,10 @@ def page_limit(limit: int | None, default: int, settings: Settings) -> int:
     return limit
 
 
+# The databases' OFFSET is a signed 64-bit integer: a larger one is a database error, not an empty page.
+MAX_OFFSET = 2**63 - 1
 Limit = Annotated[int | None, Query(ge=1, description="Page size (default 50 jobs / 100 queries).")]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip; past the last row a page is empty.")]
 
 
 @router.post(

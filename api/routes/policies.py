@@ -9,6 +9,7 @@ as the paper does (Table 1).
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -92,6 +93,9 @@ class PolicyPage(BaseModel):
     offset: int
 
 
+POLICY_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def _pretrain_params_class():  # noqa: ANN202 - imported late: torch is heavy for the API's import
     from worker.attacks.rlsb import PretrainParams
 
@@ -99,6 +103,9 @@ def _pretrain_params_class():  # noqa: ANN202 - imported late: torch is heavy fo
 
 
 def owned_policy_job(session: Session, key: ApiKey, policy_id: str) -> Job:
+    if not POLICY_ID.fullmatch(policy_id):  # never send a malformed id (a NUL, say) to the database
+        raise HTTPException(404, f"no policy {policy_id!r:.60} for this API key: a policy id is 32 hex "
+                                 "digits; list yours with GET /policies")
     job = session.scalar(
         select(Job).options(selectinload(Job.artifacts))
         .where(Job.id == policy_id, Job.api_key_id == key.id, Job.kind == JobKind.pretrain.value)

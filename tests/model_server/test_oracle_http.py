@@ -13,6 +13,7 @@ from core.settings import REPO_ROOT, get_settings
 from model_server import archive, dataset, zoo
 from model_server.client import OracleHTTP
 from model_server.protocol import ANSWER_KEYS, encode_batch
+from tests.hostile_videos import npy_header
 
 SAMPLE = REPO_ROOT / "samples" / "sample_clip.npy"
 
@@ -36,6 +37,19 @@ def npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
 @pytest.fixture(scope="module")
 def test_clips() -> np.ndarray:
     return dataset.generate_split("test", n_per_class=1, seed=5)[0]
+
+
+@pytest.fixture(scope="module")
+def good_answers(oracle_http: OracleHTTP, test_clips: np.ndarray) -> list:
+    """The answers to two test clips, read before any bad body is sent."""
+    return oracle_http.predict("mini_c3d", test_clips[:2])
+
+
+def assert_still_serving(oracle_http: OracleHTTP, test_clips: np.ndarray, good_answers: list) -> None:
+    """The model's backend worker is alive and answers as it did before (batching may move the last digits)."""
+    answers = oracle_http.predict("mini_c3d", test_clips[:2])
+    assert [a["label"] for a in answers] == [a["label"] for a in good_answers]
+    assert [a["probability"] for a in answers] == pytest.approx([a["probability"] for a in good_answers], abs=1e-3)
 
 
 def test_every_model_answers_top1_only(oracle_http: OracleHTTP, test_clips: np.ndarray) -> None:
@@ -84,42 +98,72 @@ def test_the_largest_allowed_batch_fits_the_request_limit(
 
 
 ONE_CLIP = np.zeros((1, 16, 112, 112, 3), np.uint8)
+OCTET = "application/octet-stream"
 BAD_BODIES = {
-    "empty": (b"", "application/octet-stream"),
-    "not-npy": (b"\x89PNG\r\n\x1a\n not a clip", "application/octet-stream"),
-    "float": (npy(ONE_CLIP.astype(np.float32)), "application/octet-stream"),
-    "rank-4": (npy(ONE_CLIP[0]), "application/octet-stream"),
-    "wrong-shape": (npy(np.zeros((1, 16, 64, 64, 3), np.uint8)), "application/octet-stream"),
-    "too-many-clips": (npy(np.zeros((49, 16, 112, 112, 3), np.uint8)), "application/octet-stream"),
-    "pickled-object": (
-        npy(np.array([{"x": 1}], dtype=object), allow_pickle=True),
-        "application/octet-stream",
-    ),
+    "empty": (b"", OCTET),
+    "not-npy": (b"\x89PNG\r\n\x1a\n not a clip", OCTET),
+    "float": (npy(ONE_CLIP.astype(np.float32)), OCTET),
+    "int64": (npy(np.zeros((1, 16, 8, 8, 3), np.int64)), OCTET),
+    "uint16-big-endian": (npy(np.zeros((1, 16, 112, 112, 3), ">u2")), OCTET),
+    "rank-4": (npy(ONE_CLIP[0]), OCTET),
+    "rank-6": (npy(ONE_CLIP[None]), OCTET),
+    "wrong-shape": (npy(np.zeros((1, 16, 64, 64, 3), np.uint8)), OCTET),
+    "rgba": (npy(np.zeros((1, 16, 112, 112, 4), np.uint8)), OCTET),
+    "zero-clips": (npy(np.zeros((0, 16, 112, 112, 3), np.uint8)), OCTET),
+    "too-many-clips": (npy(np.zeros((49, 16, 112, 112, 3), np.uint8)), OCTET),
+    "pickled-object": (npy(np.array([{"x": 1}], dtype=object), allow_pickle=True), OCTET),
+    "truncated": (npy(ONE_CLIP)[:5000], OCTET),
+    "trailing-bytes": (npy(ONE_CLIP) + b"\0" * 100, OCTET),
+    "corrupt-header": (b"\x93NUMPY\x01\x00\x10\x00{'descr': '|u1'\n" + bytes(64), OCTET),
+    "negative-shape": (npy_header("(-1, 16, 112, 112, 3)") + bytes(64), OCTET),
+    # A header declaring a million clips (602 GB): refused from the header, nothing allocated.
+    "declares-1M-clips": (npy_header("(1000000, 16, 112, 112, 3)") + bytes(64), OCTET),
+    # A full batch declared (29 MB), 64 bytes sent: refused as truncated, not allocated and zero-filled.
+    "declares-48-clips-sends-64-bytes": (npy_header("(48, 16, 112, 112, 3)") + bytes(64), OCTET),
     "json": (b'{"clips": [[1, 2, 3]]}', "application/json"),
-    "over-size-limit": (b"\x93NUMPY" + bytes(41_000_000), "application/octet-stream"),
+    "text": (b"hello oracle", "text/plain"),
+    "form-urlencoded": (b"clips=1&clips=2", "application/x-www-form-urlencoded"),
+    "multipart-form": (
+        b"--b\r\nContent-Disposition: form-data; name=\"data\"; filename=\"clip.npy\"\r\n"
+        b"Content-Type: application/octet-stream\r\n\r\n" + npy(ONE_CLIP) + b"\r\n--b--\r\n",
+        "multipart/form-data; boundary=b",
+    ),
+    "over-size-limit": (b"\x93NUMPY" + bytes(41_000_000), OCTET),
 }
+# Refused by TorchServe's frontend before our handler sees them, with TorchServe's own error body.
+REFUSED_BY_FRONTEND = {"over-size-limit"}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_BODIES))
 def test_malformed_bodies_get_a_4xx_and_the_worker_keeps_serving(
-    oracle_http: OracleHTTP, test_clips: np.ndarray, case: str
+    oracle_http: OracleHTTP, test_clips: np.ndarray, good_answers: list, case: str
 ) -> None:
     body, content_type = BAD_BODIES[case]
     response = post("mini_c3d", body, content_type)
     assert 400 <= response.status_code < 500, response.text
-    if case != "over-size-limit":  # refused by TorchServe's frontend before our handler sees it
+    if case not in REFUSED_BY_FRONTEND:
         assert response.json()["code"] == 400 and response.json()["message"]
-    assert len(oracle_http.predict("mini_c3d", test_clips[:2])) == 2
+    assert_still_serving(oracle_http, test_clips, good_answers)
+
+
+def test_a_fortran_order_batch_is_answered_like_the_same_clips_in_c_order(
+    test_clips: np.ndarray, good_answers: list
+) -> None:
+    response = post("mini_c3d", npy(np.asfortranarray(test_clips[:2])))
+    assert response.status_code == 200, response.text
+    assert [a["label"] for a in response.json()] == [a["label"] for a in good_answers]
 
 
 def test_a_bad_request_batched_with_good_ones_fails_alone(
     oracle_http: OracleHTTP, test_clips: np.ndarray
 ) -> None:
-    """Concurrent requests are merged into TorchServe batches; only the bad one may fail."""
+    """Concurrent requests are merged into TorchServe batches; only the bad ones may fail."""
     expected = [a["label"] for a in oracle_http.predict("mini_c3d", test_clips)]
-    bodies = [encode_batch(test_clips[i : i + 1]) for i in range(len(test_clips))] + [b"junk"] * 4
-    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
-        responses = list(pool.map(lambda body: post("mini_c3d", body), bodies))
+    bad_cases = ["not-npy", "truncated", "pickled-object", "float", "declares-1M-clips", "multipart-form"]
+    requests = [(encode_batch(test_clips[i : i + 1]), OCTET) for i in range(len(test_clips))]
+    requests += [BAD_BODIES[case] for case in bad_cases]
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        responses = list(pool.map(lambda request: post("mini_c3d", *request), requests))
     good, bad = responses[: len(test_clips)], responses[len(test_clips) :]
-    assert [r.status_code for r in bad] == [400] * 4
+    assert [r.status_code for r in bad] == [400] * len(bad_cases), [r.text for r in bad]
     assert [r.json()[0]["label"] for r in good] == expected

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from model_server.protocol import Prediction
 
@@ -107,7 +107,7 @@ class AttackContext:
 class AttackParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of the attack's random choices: same seed, same queries.")
 
 
 class Attack(ABC):
