@@ -67,6 +67,23 @@ def test_every_model_answers_top1_only(oracle_http: OracleHTTP, test_clips: np.n
             assert 1 / len(labels) <= answer["probability"] <= 1
 
 
+# What TorchServe itself adds to an answer; anything else in a header could carry model internals.
+STANDARD_HEADERS = {"content-type", "content-length", "x-request-id", "pragma", "cache-control", "expires",
+                    "connection", "date", "keep-alive"}
+
+
+def test_neither_headers_nor_error_bodies_leak_more_than_top1(oracle_http: OracleHTTP, test_clips: np.ndarray) -> None:
+    for model in oracle_http.list_models():
+        answer = post(model, encode_batch(test_clips[:1]))
+        assert set(answer.headers) <= STANDARD_HEADERS, (model, dict(answer.headers))
+        refused = post(model, npy(test_clips[:1].astype(np.float32)))
+        assert 400 <= refused.status_code < 500
+        body = refused.json()
+        assert set(body) <= {"code", "type", "message"}, (model, body)
+        assert not any(ch.isdigit() for ch in body.get("type", "")), body  # no number arrays smuggled out
+        assert "probab" not in body.get("message", "").lower() and "logit" not in body.get("message", "").lower()
+
+
 def test_labels_and_input_equal_the_model_card(oracle_http: OracleHTTP) -> None:
     for model in archive.available():
         spec = oracle_http.describe(model)
