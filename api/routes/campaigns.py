@@ -194,7 +194,7 @@ def cancel_campaign(campaign_id: str, session: SessionDep, key: CurrentKey) -> C
                     .values(status=JobStatus.cancelled.value, finished_at=datetime.now(timezone.utc)))
     session.commit()
     session.expire_all()
-    return CampaignOut.from_campaign(owned_campaign(session, key, campaign_id))
+    return released(session, CampaignOut.from_campaign(owned_campaign(session, key, campaign_id)))
 
 
 @router.get("/{campaign_id}/report", summary="Per-attack metrics (JSON, CSV, or a page with plots)",

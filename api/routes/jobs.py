@@ -230,7 +230,7 @@ def cancel_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobOut:
     )
     session.commit()
     session.refresh(job)
-    return job_out(job)
+    return released(session, job_out(job))
 
 
 @router.get(
