@@ -78,6 +78,24 @@ def wait_for(client, job_id: str, until: Callable[[dict], bool] = lambda j: j["s
     raise AssertionError(f"job {job_id} did not reach the expected state in {timeout_s} s: {job}")
 
 
+def wait_campaign(client, campaign_id: str, timeout_s: float = 600) -> dict:  # noqa: ANN001
+    """Poll GET /campaigns/{id} until every job of the campaign has ended."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        campaign = client.get(f"/campaigns/{campaign_id}").json()
+        if campaign["status"] == "finished":
+            return campaign
+        time.sleep(0.5)
+    raise AssertionError(f"campaign {campaign_id} did not finish: {campaign['progress']}")
+
+
+def keyed_client(api: str, key: str):  # noqa: ANN201 - an httpx.Client context
+    """An API client that sends `key` in the key header, as every caller of the JSON API does."""
+    import httpx
+
+    return httpx.Client(base_url=api, headers={"X-API-Key": key}, timeout=120)
+
+
 def audit_rows(job_id: str) -> list:
     from sqlalchemy import select
 

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from tests.conftest import TERMINAL
+from tests.conftest import TERMINAL, wait_campaign
 
 MODEL = "mini_c3d"
 ATTACKS = [{"name": "nes_pgd", "params": {}}, {"name": "opt", "params": {"initial_directions": 3}}]
@@ -19,18 +19,6 @@ def client(api, make_key):  # noqa: ANN001, ANN201 - one key for the module
 
     with httpx.Client(base_url=api, headers={"X-API-Key": make_key("campaigns")}, timeout=120) as http:
         yield http
-
-
-def wait_campaign(client, campaign_id: str, timeout_s: float = 600) -> dict:  # noqa: ANN001
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        campaign = client.get(f"/campaigns/{campaign_id}").json()
-        if campaign["status"] == "finished":
-            return campaign
-        time.sleep(0.5)
-    raise AssertionError(f"campaign {campaign_id} did not finish: {campaign['progress']}")
 
 
 @pytest.fixture(scope="module")

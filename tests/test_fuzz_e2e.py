@@ -28,7 +28,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from tests.conftest import ROOT, SAMPLE_NPY
+from tests.conftest import ROOT, SAMPLE_NPY, keyed_client
 
 pytestmark = pytest.mark.stack
 
@@ -83,7 +83,7 @@ def fuzz_key(make_key) -> str:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def http(api: str, fuzz_key: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api, headers={"X-API-Key": fuzz_key}, timeout=120) as client:
+    with keyed_client(api, fuzz_key) as client:
         yield client
         cancel_everything(client)
 

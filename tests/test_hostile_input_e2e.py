@@ -20,7 +20,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import ROOT, SAMPLE_NPY, TEST_PROFILE
+from tests.conftest import ROOT, SAMPLE_NPY, TEST_PROFILE, keyed_client
 from tests.hostile_videos import HostileVideo, hostile_video, names
 
 pytestmark = pytest.mark.stack
@@ -85,7 +85,7 @@ def hostile_key(make_key) -> str:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def http(api: str, hostile_key: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api, headers={"X-API-Key": hostile_key}, timeout=120) as client:
+    with keyed_client(api, hostile_key) as client:
         yield client
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import time
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from api.main import create_app
 from api.ui import COOKIE
 from db.models import Artifact, Campaign, Job, JobStatus, QueryRecord
 from db.session import session_scope
-from tests.conftest import SAMPLE_NPY, submit, wait_for
+from tests.conftest import SAMPLE_NPY, submit, wait_campaign, wait_for
 
 MODEL = "mini_c3d"
 HOPELESS = '{"epsilon": 0.004}'  # one pixel level cannot move the model: runs until cancelled
@@ -105,16 +104,6 @@ def browser_for(api: str, key: str) -> httpx.Client:
     """What a signed-in browser sends: the session cookie, no API key header."""
     return httpx.Client(base_url=api, headers={"cookie": f"{COOKIE}={key}", **HTML}, timeout=120,
                         follow_redirects=False)
-
-
-def wait_campaign(http: httpx.Client, campaign_id: str, timeout_s: float = 300) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        campaign = http.get(f"/campaigns/{campaign_id}").json()
-        if campaign["status"] == "finished":
-            return campaign
-        time.sleep(0.5)
-    raise AssertionError(f"campaign {campaign_id} did not finish: {campaign['progress']}")
 
 
 def make_policy(http: httpx.Client) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from api.ui import number
-from tests.conftest import ROOT, SAMPLE_NPY, TERMINAL, submit, wait_for
+from tests.conftest import ROOT, SAMPLE_NPY, TERMINAL, keyed_client, submit, wait_campaign, wait_for
 
 CHROMIUM = os.environ.get("VAAS_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(os.environ.get("VAAS_TEST_ARTIFACTS", ROOT / "var" / "test-artifacts")) / "screenshots"
@@ -44,9 +44,7 @@ def key(make_key) -> str:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def http(api: str, key: str) -> Iterator:
-    import httpx
-
-    with httpx.Client(base_url=api, headers={"X-API-Key": key}, timeout=120) as client:
+    with keyed_client(api, key) as client:
         yield client
 
 
@@ -150,10 +148,7 @@ def test_a_campaigns_page_shows_its_report_and_plots(page, http) -> None:  # noq
     response = http.post("/campaigns", json=body)
     assert response.status_code == 202, response.text
     campaign_id = response.json()["id"]
-    deadline = time.monotonic() + 600
-    while http.get(f"/campaigns/{campaign_id}").json()["status"] != "finished":
-        assert time.monotonic() < deadline, "the campaign did not finish"
-        time.sleep(0.5)
+    wait_campaign(http, campaign_id)
     report = http.get(f"/campaigns/{campaign_id}/report").json()
 
     page.goto(f"/ui/campaigns/{campaign_id}")

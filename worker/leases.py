@@ -79,12 +79,12 @@ class Heartbeat:
     """Renews a lease every quarter of its length, on a daemon thread, until stopped.
 
     A database outage only delays renewals (they are retried on the next beat); a renewal that finds
-    the lease taken by someone else sets `lost`, which the oracle client's next reservation also sees.
+    the lease taken by someone else stops the beat: the runner learns it at its next reservation,
+    which the lease fences in the database.
     """
 
     def __init__(self, job_id: str, owner: str, lease_s: float) -> None:
         self.job_id, self.owner, self.lease_s = job_id, owner, lease_s
-        self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{job_id[:8]}", daemon=True)
 
@@ -101,7 +101,6 @@ class Heartbeat:
             try:
                 if not renew(self.job_id, self.owner, self.lease_s):
                     log.warning("job %s: lease taken over by another runner", self.job_id)
-                    self.lost.set()
                     return
             except DATABASE_DOWN as exc:
                 log.warning("job %s: could not renew the lease (%s)", self.job_id, str(exc).splitlines()[0][:120])
