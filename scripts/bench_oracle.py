@@ -6,11 +6,16 @@ Both sides run the same fp16-stored weights in float32 on the CPU with 2 torch t
 single worker on a 2-core machine), one after the other so they never compete for the cores. The
 HTTP side uses model_server.client.OracleHTTP.predict, i.e. what the worker pays per query, and
 starts TorchServe (and stops it after) when it is not already running.
+
+The second table is what several jobs at once get: `--clients` threads each send `--rounds` requests
+of n clips (one clip: a hard-label attack's query; 48: an NES population) at the same time, so
+TorchServe merges them into batches; it prints the aggregate clips/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import platform
 import sys
@@ -57,12 +62,27 @@ def in_process(model: torch.nn.Module, chunk: int) -> Callable[[np.ndarray], obj
     return run
 
 
+def concurrent_clips_per_second(oracle, model: str, clips: np.ndarray, clients: int, rounds: int) -> float:  # noqa: ANN001
+    """Aggregate rate of `clients` threads each sending `rounds` requests of `clips` at once."""
+    def client(_: int) -> None:
+        for _ in range(rounds):
+            oracle.predict(model, clips)
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))  # warm-up
+        start = time.perf_counter()
+        list(pool.map(client, range(clients)))
+        return clients * rounds * len(clips) / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mini_c3d", choices=sorted(zoo.MODELS))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 48])
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients of the second table")
+    parser.add_argument("--rounds", type=int, default=10, help="requests per client in the second table")
     args = parser.parse_args()
 
     torch.set_num_threads(2)
@@ -82,6 +102,10 @@ def main() -> None:
             overhead_ms = 1000 * (n / http_rate - n / local_rate)
             ratio = http_rate / local_rate
             rows.append(f"| {n} | {local_rate:.1f} | {http_rate:.1f} | {ratio:.0%} | {overhead_ms:.1f} |")
+        crowd = []
+        for n in tqdm(args.batch_sizes, desc=f"{args.clients} concurrent clients", leave=False):
+            rate = concurrent_clips_per_second(oracle, args.model, clips[:n], args.clients, args.rounds)
+            crowd.append(f"| {args.clients} | {n} | {rate:.1f} |")
     finally:
         oracle.close()
         if started:
@@ -93,6 +117,8 @@ def main() -> None:
     print("| clips/request | in-process clips/s | TorchServe clips/s | ratio | overhead ms/request |")
     print("|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
+    print(f"\n| concurrent clients | clips/request | TorchServe clips/s (all clients) |\n|---:|---:|---:|")
+    print("\n".join(crowd))
 
 
 if __name__ == "__main__":

@@ -101,6 +101,23 @@ def test_batch_answers_equal_single_answers(oracle_http: OracleHTTP, test_clips:
     assert [a["probability"] for a in batch] == pytest.approx([a["probability"] for a in singles], abs=1e-4)
 
 
+def test_a_requests_answers_do_not_depend_on_the_requests_batched_with_it(
+    oracle_http: OracleHTTP, test_clips: np.ndarray
+) -> None:
+    """TorchServe merges concurrent requests (other jobs') into one batch. A request's answers must
+    still be bit-identical to its answers alone: otherwise the last digits of a probability depend on
+    what else was running, and the same seed no longer gives the same queries."""
+    ours, theirs = test_clips[:7], test_clips[3:]
+    alone = oracle_http.predict("mini_c3d", ours)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for _ in range(6):
+            crowd = [pool.submit(oracle_http.predict, "mini_c3d", theirs[: 1 + i]) for i in range(4)]
+            mine = pool.submit(oracle_http.predict, "mini_c3d", ours)
+            crowd += [pool.submit(oracle_http.predict, "mini_c3d", theirs[: 2 + i]) for i in range(3)]
+            assert mine.result() == alone
+            assert all(len(future.result()) for future in crowd)
+
+
 def test_the_bundled_sample_is_answered_with_its_class(oracle_http: OracleHTTP) -> None:
     (answer,) = oracle_http.predict("mini_c3d", np.load(SAMPLE)[None])
     assert answer["label_name"] == dataset.SAMPLE_CLASS
