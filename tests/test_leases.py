@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy.event
 import sqlalchemy.exc
 
 from core.settings import Settings, get_settings
@@ -89,6 +90,38 @@ def test_only_the_lease_holder_can_spend_the_budget(database) -> None:
     with db_session.session_scope() as session:
         assert session.get(Job, job_id).queries_used == 1
         assert session.query(QueryRecord).filter_by(job_id=job_id).count() == 1
+
+
+def sessions_that_lose_one_commit_acknowledgement():  # noqa: ANN201
+    """A session factory whose first COMMIT lands in the database but raises as if the connection had
+    dropped before the acknowledgement came back: the outcome the client cannot know."""
+    armed = [True]
+
+    def factory():  # noqa: ANN202
+        session = db_session.new_session()
+
+        @sqlalchemy.event.listens_for(session, "after_commit")
+        def lose_the_ack(_session) -> None:  # noqa: ANN001
+            if armed[0]:
+                armed[0] = False
+                raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+        return session
+    return factory
+
+
+def test_a_reservation_whose_commit_outcome_was_lost_is_not_made_twice(database) -> None:
+    job_id = add_job(max_queries=10)
+    runner._claim(job_id, "runner-a", lease_s=60)
+    client = OracleClient(job_id, "m", EchoOracle(), sessions_that_lose_one_commit_acknowledgement(),
+                          owner="runner-a", db_patience_s=5)
+    clips = np.arange(3 * 24, dtype=np.uint8).reshape(3, 1, 2, 2, 6)[..., :3]
+    assert len(client.query(clips)) == 3
+    assert len(client.query(clips[:1])) == 1
+    with db_session.session_scope() as session:
+        assert session.get(Job, job_id).queries_used == 4
+        rows = session.query(QueryRecord).filter_by(job_id=job_id).order_by(QueryRecord.seq).all()
+        assert [(r.seq, r.batch_id, r.status) for r in rows] == [
+            (0, 0, "answered"), (1, 0, "answered"), (2, 0, "answered"), (3, 1, "answered")]
 
 
 def test_an_outage_is_ridden_out_then_given_up_on() -> None:

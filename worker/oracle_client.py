@@ -80,6 +80,7 @@ class OracleClient:
         # How long to keep retrying an unavailable oracle (e.g. TorchServe restarting a dead backend
         # worker) before the job fails; every attempt that was sent is counted.
         self._outage_s = outage_s
+        self._next_batch: int | None = None  # the job's next batch id, read at the first reservation
 
     # ---------------------------------------------------------------- public API for attacks
     def query(self, clips: np.ndarray, partial: bool = False) -> list[Prediction]:
@@ -144,9 +145,47 @@ class OracleClient:
             return answers
 
     def _reserve(self, hashes: list[str], partial: bool, held: int) -> Reservation:
-        # One transaction, retried whole through a database outage (nothing is sent until it commits).
-        return ride_out(lambda: self._reserve_once(hashes, partial, held), self._db_patience_s,
-                        "reserving queries")
+        """One transaction, retried whole through a database outage (nothing is sent until it commits).
+
+        A connection lost during COMMIT leaves the outcome unknown: the reservation may have landed.
+        Before trying again, a retry looks for the batch this reservation would have written (the
+        job's next batch id, known because only the lease holder reserves) and adopts it, so an
+        outage never reserves, and counts, the same clips twice.
+        """
+        expected = self._expected_batch()
+        tries = 0
+
+        def attempt() -> Reservation:
+            nonlocal tries
+            tries += 1
+            landed = self._landed(expected, hashes) if tries > 1 else None
+            return landed or self._reserve_once(hashes, partial, held)
+
+        reservation = ride_out(attempt, self._db_patience_s, "reserving queries")
+        self._next_batch = reservation.batch_id + 1
+        return reservation
+
+    def _expected_batch(self) -> int:
+        if self._next_batch is None:
+            def read() -> int:
+                with self._sessions() as session:
+                    return session.execute(select(Job.batches_sent).where(Job.id == self.job_id)).scalar_one()
+            self._next_batch = ride_out(read, self._db_patience_s, "reading the job's batch count")
+        return self._next_batch
+
+    def _landed(self, batch_id: int, hashes: list[str]) -> Reservation | None:
+        """The reservation of `hashes` as batch `batch_id` if an earlier attempt committed it."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(QueryRecord.seq, QueryRecord.clip_sha256, QueryRecord.status)
+                .where(QueryRecord.job_id == self.job_id, QueryRecord.batch_id == batch_id)
+                .order_by(QueryRecord.seq)
+            ).all()
+        if not rows or [r.clip_sha256 for r in rows] != hashes[: len(rows)]:
+            return None
+        if any(r.status != QueryStatus.sent.value for r in rows):
+            return None
+        return Reservation(first_seq=rows[0].seq, batch_id=batch_id, size=len(rows))
 
     def _reserve_once(self, hashes: list[str], partial: bool, held: int) -> Reservation:
         wanted = len(hashes)
