@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 FILE_FIELD = "video"
 MAX_FIELD_BYTES = 64 * 1024  # a text field (params JSON included) never needs more
 MAX_PARTS = 16
-FORM_OVERHEAD_BYTES = MAX_PARTS * (MAX_FIELD_BYTES + 8 * 1024)  # text fields + part headers
+PART_OVERHEAD_BYTES = MAX_FIELD_BYTES + 8 * 1024  # a text field + its part headers
 
 
 class FormError(Exception):
@@ -75,7 +75,8 @@ def clean_filename(raw: bytes) -> str:
 class _FormCollector:
     """python-multipart callbacks that build a ParsedForm and stop at the size limits."""
 
-    def __init__(self, max_file_bytes: int, max_files: int = 1) -> None:
+    def __init__(self, max_file_bytes: int, max_files: int = 1, max_parts: int = MAX_PARTS) -> None:
+        self.max_parts = max_parts
         self.form = ParsedForm()
         self.max_file_bytes = max_file_bytes
         self.max_files = max_files
@@ -101,8 +102,8 @@ class _FormCollector:
 
     def on_part_begin(self) -> None:
         self._parts += 1
-        if self._parts > MAX_PARTS:
-            raise FormError(f"more than {MAX_PARTS} form fields; send only the documented ones")
+        if self._parts > self.max_parts:
+            raise FormError(f"more than {self.max_parts} form fields; send only the documented ones")
         self._headers, self._text, self._file = {}, None, None
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
@@ -184,13 +185,14 @@ def _declared_length(request: Request) -> int | None:
         return None
 
 
-async def read_multipart(request: Request, max_file_bytes: int, max_files: int = 1) -> ParsedForm:
+async def read_multipart(request: Request, max_file_bytes: int, max_files: int = 1,
+                         max_parts: int = MAX_PARTS) -> ParsedForm:
     """Read the form, raising UploadTooLarge as soon as a file passes `max_file_bytes`."""
     boundary = _boundary(request)
     declared = _declared_length(request)
-    if declared is not None and declared > max_files * max_file_bytes + FORM_OVERHEAD_BYTES:
+    if declared is not None and declared > max_files * max_file_bytes + max_parts * PART_OVERHEAD_BYTES:
         raise UploadTooLarge(max_file_bytes, ParsedForm())
-    collector = _FormCollector(max_file_bytes, max_files)
+    collector = _FormCollector(max_file_bytes, max_files, max_parts)
     parser = MultipartParser(boundary, collector.callbacks())
     try:
         async for chunk in request.stream():

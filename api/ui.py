@@ -140,3 +140,42 @@ def param_input(name: str, schema: dict) -> ParamInput:
 
 def param_inputs(schema: dict) -> list[ParamInput]:
     return [param_input(name, prop) for name, prop in schema.get("properties", {}).items()]
+
+
+# The submit form names each parameter input `param:<attack>:<parameter>`, so the form works without
+# JavaScript: the server gathers the chosen attack's filled-in inputs into POST /jobs' `params`.
+PARAM_FIELD = "param:"
+
+
+def typed_param(kind: str, raw: str) -> Any:
+    """One filled-in input as its schema types it; a value that does not parse is passed on as text,
+    for the API's validation to say what is wrong with it."""
+    try:
+        if kind == "integer":
+            return int(raw)
+        if kind == "number":
+            return float(raw)
+        if kind == "json":
+            return json.loads(raw)
+    except ValueError:
+        return raw
+    if kind == "boolean":
+        return raw == "true"
+    return raw
+
+
+def gather_params(fields: dict[str, str], attack: str, inputs: list[ParamInput]) -> str | None:
+    """POST /jobs' `params` from the form: its `params` JSON (if any) with the chosen attack's filled-in
+    inputs on top. Returns the `params` field unchanged when it is not a JSON object (the API says why)."""
+    raw = fields.get("params")
+    try:
+        params = json.loads(raw) if raw and raw.strip() else {}
+    except ValueError:
+        return raw
+    if not isinstance(params, dict):
+        return raw
+    for item in inputs:
+        value = fields.get(f"{PARAM_FIELD}{attack}:{item.name}", "").strip()
+        if value:
+            params[item.name] = typed_param(item.kind, value)
+    return json.dumps(params)

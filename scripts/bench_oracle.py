@@ -117,7 +117,7 @@ def main() -> None:
     print("| clips/request | in-process clips/s | TorchServe clips/s | ratio | overhead ms/request |")
     print("|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
-    print(f"\n| concurrent clients | clips/request | TorchServe clips/s (all clients) |\n|---:|---:|---:|")
+    print("\n| concurrent clients | clips/request | TorchServe clips/s (all clients) |\n|---:|---:|---:|")
     print("\n".join(crowd))
 
 

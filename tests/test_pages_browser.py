@@ -211,6 +211,29 @@ def test_a_refused_form_says_why_and_stores_nothing(page, http) -> None:  # noqa
     shot(page, "submit-refused")
 
 
+def test_the_submit_form_works_without_javascript(browser, api, key, http) -> None:  # noqa: ANN001
+    """With scripts off, the server gathers the chosen attack's parameter inputs itself."""
+    context = browser.new_context(base_url=api, java_script_enabled=False)
+    tab = context.new_page()
+    tab.goto("/ui/login")
+    tab.fill("input[name=key]", key)
+    tab.click("button[type=submit]")
+    tab.wait_for_url("**/ui/jobs")
+    tab.goto("/ui/submit?attack=opt")
+    assert tab.is_visible(".params[data-attack=opt]") and not tab.is_visible(".params[data-attack=vbad]")
+    tab.set_input_files("input[name=video]", str(SAMPLE_NPY))
+    tab.fill("input[name=max_queries]", "300")
+    tab.fill(".params[data-attack=opt] [data-param=initial_directions]", "4")
+    tab.click("#submit-form button[type=submit]")
+    tab.wait_for_url("**/ui/jobs/*")
+    job_id = tab.url.rsplit("/", 1)[-1]
+    context.close()
+    job = http.get(f"/jobs/{job_id}").json()
+    http.delete(f"/jobs/{job_id}")  # 202, or 409 if it has already ended: either way it is not left running
+    assert job["attack"] == "opt" and job["params"]["initial_directions"] == 4
+    assert job["progress"]["max_queries"] == 300
+
+
 def test_another_keys_pages_are_not_found(browser, api, make_key, finished_job) -> None:  # noqa: ANN001
     context = browser.new_context(base_url=api)
     tab = context.new_page()

@@ -16,14 +16,25 @@ from sqlalchemy import func, select
 
 from api import visuals
 from api.deps import OracleDep, SessionDep, SettingsDep
-from api.forms import FormError, UploadTooLarge, human_bytes, read_multipart
+from api.forms import MAX_PARTS, FormError, UploadTooLarge, human_bytes, read_multipart
 from api.reports import COLUMNS as REPORT_COLUMNS
 from api.reports import campaign_report, report_csv, report_plots
 from api.routes.campaigns import CampaignOut, owned_campaign
 from api.routes.jobs import ARTIFACT_FORMATS, JobFilter, artifact_file, export_queries, find_jobs, owned_job
 from api.schemas import JobOut, QueryOut
 from api.submission import DEFAULT_ATTACK, create_job, require_video, validate_fields
-from api.ui import COOKIE, PREFIX, PageKey, key_from_cookie, param_inputs, safe_next, same_origin, templates
+from api.ui import (
+    COOKIE,
+    PARAM_FIELD,
+    PREFIX,
+    PageKey,
+    gather_params,
+    key_from_cookie,
+    param_inputs,
+    safe_next,
+    same_origin,
+    templates,
+)
 from db.models import ApiKey, Campaign, Job, JobKind, JobStatus, QueryRecord
 from worker.attacks import ATTACKS
 
@@ -258,8 +269,10 @@ def _models(oracle) -> list[dict[str, Any]]:  # noqa: ANN001
 
 
 @router.get("/submit", response_class=HTMLResponse)
-def submit_form(request: Request, key: PageKey, oracle: OracleDep, settings: SettingsDep) -> HTMLResponse:
-    return _submit_page(request, oracle, settings, {})
+def submit_form(request: Request, key: PageKey, oracle: OracleDep, settings: SettingsDep,
+                attack: str | None = None) -> HTMLResponse:
+    """`?attack=NAME` preselects an attack: without JavaScript, its parameter inputs are the ones shown."""
+    return _submit_page(request, oracle, settings, {"attack": attack} if attack in ATTACKS else {})
 
 
 def _submit_page(request: Request, oracle, settings, values: dict[str, str], error: str = "",  # noqa: ANN001
@@ -274,13 +287,13 @@ def _submit_page(request: Request, oracle, settings, values: dict[str, str], err
 @router.post("/jobs", response_class=HTMLResponse)
 async def submit(request: Request, session: SessionDep, key: PageKey, settings: SettingsDep,
                  oracle: OracleDep) -> Response:
-    """The form's fields are POST /jobs' fields (its script gathers the parameters into `params`)."""
+    """The form's fields are POST /jobs' fields, with the parameter inputs gathered into `params`."""
     same_origin(request)
     fields: dict[str, str] = {}
     try:
-        form = await read_multipart(request, settings.max_upload_bytes)
-        fields = {name: value for name, value in form.fields.items() if value.strip() or name == "params"}
-        submission = validate_fields(fields, settings)
+        form = await read_multipart(request, settings.max_upload_bytes, max_parts=SUBMIT_FORM_PARTS)
+        fields = dict(form.fields)  # all of them, so that a refused form comes back filled in
+        submission = validate_fields(_job_fields(fields), settings)
         upload = require_video(form.file)
         job = await run_in_threadpool(create_job, session, key, submission, upload, oracle, settings)
     except UploadTooLarge as exc:
@@ -293,6 +306,23 @@ async def submit(request: Request, session: SessionDep, key: PageKey, settings: 
             raise
         return _submit_page(request, oracle, settings, fields, str(exc.detail), exc.status_code)
     return RedirectResponse(f"{PREFIX}/jobs/{job.id}", status_code=303)
+
+
+# POST /jobs' fields plus the inputs of the attack with the most parameters (only the chosen attack's
+# inputs are enabled, so only they are sent)
+SUBMIT_FORM_PARTS = MAX_PARTS + max(len(cls.Params.model_fields) for cls in ATTACKS.values())
+
+
+def _job_fields(form: dict[str, str]) -> dict[str, str]:
+    """POST /jobs' fields from the submit form's: empty ones dropped (the API's defaults apply) and the
+    per-parameter inputs gathered into `params`."""
+    fields = {name: value for name, value in form.items() if value.strip() and not name.startswith(PARAM_FIELD)}
+    attack = fields.get("attack") or DEFAULT_ATTACK
+    if attack in ATTACKS:
+        params = gather_params(form, attack, param_inputs(ATTACKS[attack].Params.model_json_schema()))
+        if params is not None:
+            fields["params"] = params
+    return fields
 
 
 # ------------------------------------------------------------------------------ campaigns

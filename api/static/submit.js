@@ -1,5 +1,6 @@
-// The submit form: show the chosen attack's parameters, offer the chosen model's labels as targets,
-// and gather the filled-in parameters into the one `params` JSON field POST /jobs takes.
+// The submit form: show (and enable) only the chosen attack's parameter inputs, and offer the chosen
+// model's labels as targets. The server gathers the enabled `param:<attack>:<name>` inputs into
+// POST /jobs' `params`, so the form also works without this script.
 (function () {
   "use strict";
   const form = document.getElementById("submit-form");
@@ -10,7 +11,12 @@
   const target = document.getElementById("target_label");
 
   function showAttack() {
-    for (const box of form.querySelectorAll(".params")) box.hidden = box.dataset.attack !== attack.value;
+    for (const box of form.querySelectorAll(".params")) {
+      const chosen = box.dataset.attack === attack.value;
+      box.hidden = !chosen;
+      // disabled inputs are not sent: only the chosen attack's parameters reach the server
+      for (const input of box.querySelectorAll("[data-param]")) input.disabled = !chosen;
+    }
   }
   function showTargets() {
     document.getElementById("target-row").hidden = goal.value !== "targeted";
@@ -21,42 +27,12 @@
     if (goal.value !== "targeted" || (chosen && chosen.hidden)) target.value = "";
   }
 
-  function typed(input) {
-    const raw = input.value.trim();
-    switch (input.dataset.kind) {
-      case "integer": return parseInt(raw, 10);
-      case "number": return Number(raw);
-      case "boolean": return raw === "true";
-      case "json":
-        try { return JSON.parse(raw); } catch (err) { return raw; }  // the server says what is wrong
-      default: return raw;
-    }
-  }
-
   form.addEventListener("submit", function () {
-    const params = {};
-    const box = form.querySelector(`.params[data-attack="${attack.value}"]`);
-    for (const input of box.querySelectorAll("[data-param]")) {
-      if (input.value.trim() !== "") params[input.dataset.param] = typed(input);
-    }
-    document.getElementById("params").value = JSON.stringify(params);
     if (goal.value !== "targeted") target.value = "";
   });
-  // A refused form comes back with the parameters that were sent: put them back in their inputs.
-  function restoreParams() {
-    let sent;
-    try { sent = JSON.parse(document.getElementById("params").value || "{}"); } catch (err) { return; }
-    const box = form.querySelector(`.params[data-attack="${attack.value}"]`);
-    for (const [name, value] of Object.entries(sent)) {
-      const input = box && box.querySelector(`[data-param="${name}"]`);
-      if (input) input.value = typeof value === "string" ? value : JSON.stringify(value);
-    }
-  }
-
   attack.addEventListener("change", showAttack);
   goal.addEventListener("change", showTargets);
   model.addEventListener("change", showTargets);
   showAttack();
   showTargets();
-  restoreParams();
 })();

@@ -3,6 +3,7 @@ the submit form, error pages. (The browser tests in tests/test_pages_browser.py 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from api.ui import COOKIE, ParamInput, number, param_input, safe_next
 from db.models import Job
 from tests.api.conftest import HEADER, count, stored_nothing, submit
+from worker.attacks import ATTACKS
 
 HTML = {"accept": "text/html"}
 
@@ -95,6 +97,35 @@ def test_the_submit_form_makes_the_same_job_as_the_api(env, clip_npy) -> None:
     job_id = response.headers["location"].rsplit("/", 1)[-1]
     job = env["client"].get(f"/jobs/{job_id}", headers=env["alice"]).json()
     assert job["params"]["epsilon"] == 0.03 and job["progress"]["max_queries"] == 50
+
+
+def test_the_submit_form_works_without_javascript(env, clip_npy) -> None:
+    """The per-parameter inputs are gathered by the server; only the chosen attack's are enabled."""
+    sign_in(env)
+    form = env["client"].get("/ui/submit?attack=opt", headers=HTML).text
+    assert 'name="param:opt:initial_directions"' in form
+    assert re.search(r'name="param:vbad:epsilon"[^>]*disabled', form)  # not the chosen attack: not sent
+    assert not re.search(r'name="param:opt:initial_directions"[^>]*disabled', form)
+    response = env["client"].post(
+        "/ui/jobs", follow_redirects=False,
+        data={"model": "mini", "attack": "nes_pgd", "goal": "untargeted", "target_label": "", "max_queries": "50",
+              "param:nes_pgd:epsilon": "0.03", "param:nes_pgd:seed": "3", "param:nes_pgd:population": ""},
+        files={"video": ("clip.npy", clip_npy)})
+    assert response.status_code == 303, response.text
+    job = env["client"].get(f"/jobs/{response.headers['location'].rsplit('/', 1)[-1]}", headers=env["alice"]).json()
+    assert job["params"]["epsilon"] == 0.03 and job["params"]["seed"] == 3
+    assert job["params"]["population"] == ATTACKS["nes_pgd"].Params().population  # empty: the default
+
+
+def test_a_refused_form_comes_back_with_its_parameters(env, clip_npy) -> None:
+    sign_in(env)
+    response = env["client"].post(
+        "/ui/jobs", data={"model": "mini", "attack": "nes_pgd", "goal": "untargeted", "max_queries": "50",
+                          "param:nes_pgd:epsilon": "7"},
+        files={"video": ("clip.npy", clip_npy)}, headers=HTML)
+    assert response.status_code == 422 and "epsilon" in response.text
+    assert re.search(r'name="param:nes_pgd:epsilon" value="7"', response.text)
+    assert stored_nothing(env) and count(env, Job) == 0
 
 
 def test_a_refused_form_says_why_and_stores_nothing(env, clip_npy) -> None:
