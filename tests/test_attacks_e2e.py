@@ -149,14 +149,46 @@ def test_budget_is_spent_exactly_and_the_same_seed_repeats_every_query(client, a
     body = _npy(clips[0])  # p = 0.99: no score-based attack moves it in 100 queries
     params = SAME_SEED_PARAMS[attack]
     ids = []
-    for _ in range(2):  # one after the other, so TorchServe never merges their requests into one batch
+    for _ in range(2):  # at once: TorchServe may merge their requests, which must not change an answer
         response = submit(client, body, attack=attack, model=MODEL, max_queries=100, params=json.dumps(params))
         assert response.status_code == 202, response.text
         ids.append(response.json()["id"])
-        job = wait_for(client, ids[-1])
+    for job_id in ids:
+        job = wait_for(client, job_id)
         expected = "succeeded" if attack in DECISION_BASED else "budget_exhausted"
         assert job["status"] == expected, job
         _check_budget(job)
         assert job["progress"]["queries_used"] == 100
     first, second = ([r.clip_sha256 for r in audit_rows(i)] for i in ids)
     assert first == second
+
+
+# Attacks without a surrogate: their only floating point outside numpy is the oracle's forward.
+IN_PROCESS_PARAMS = {"nes_pgd": {"seed": 5}, "opt": {"seed": 5, "map_bound": 0}}
+
+
+@pytest.mark.parametrize("attack", list(IN_PROCESS_PARAMS))
+def test_the_in_process_benchmark_path_makes_the_queries_the_service_makes(client, attack_clips, attack):
+    """scripts/bench_attacks.py runs attacks in process (worker/inprocess.py) so that its grid fits on a
+    CPU. Its figures stand for the service's only if both paths make the same queries: the same count,
+    the same outcome and a bit-identical adversarial clip."""
+    import torch
+
+    from worker.inprocess import run_local
+
+    clips, _ = attack_clips
+    params = IN_PROCESS_PARAMS[attack]
+    response = submit(client, _npy(clips[EASY]), attack=attack, model=MODEL, max_queries=300,
+                      params=json.dumps(params))
+    assert response.status_code == 202, response.text
+    job = wait_for(client, response.json()["id"])
+    served = np.load(io.BytesIO(client.get(f"/jobs/{job['id']}/adversarial", params={"format": "npy"}).content))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # TorchServe's backend worker runs 2 threads on this machine
+    try:
+        local = run_local(attack, params, MODEL, clips[EASY], 300)
+    finally:
+        torch.set_num_threads(threads)
+    assert job["progress"]["queries_used"] == local.queries
+    assert (job["status"] == "succeeded") == local.success
+    assert np.array_equal(served, local.clip)
