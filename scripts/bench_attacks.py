@@ -16,8 +16,10 @@ argues), MAP and sparsity over all clips, frames perturbed, and wall time per at
 
 Hard-label attacks (`--attacks opt sign_opt heuristic heuristic:spatial=false`) are adversarial once
 their scan finds a start, so their FR only says that; what the RLSB paper compares is how many queries
-they need to bring the MAP within its bound (3 untargeted, 9 targeted): the `MAP ≤ bound` column, with
-queries counted until that stop (or the budget).
+they need to bring the MAP within its bound (3 untargeted, 9 targeted): the `within bound` column, with
+queries counted until that stop (or the budget). For score-based attacks that column is L∞ ≤ ε: a
+targeted V-BAD / P-BAD / SR-BAD / AstFocus run starts from a target-class clip at ε = 1, so its final
+clip is in the target class long before ε has come down to 0.05, and FR alone would overstate it.
 
     .venv/bin/python scripts/bench_attacks.py probe --model mini_c3d --clip 12 --attack vbad --budget 1500
                                                   [--target 7]   (--clip sample: samples/sample_clip.npy)
@@ -279,14 +281,14 @@ def table(args: argparse.Namespace) -> None:
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["goal"], row["attack"], row.get("via", "inprocess")), []).append(row)
-    print("| model | goal | attack | via | clips | FR | MAP ≤ bound | queries mean / median (successes) "
+    print("| model | goal | attack | via | clips | FR | within bound² | queries mean / median (successes) "
           "| queries mean (all) | MAP (all) | sparsity | frames perturbed | time / clip (s)¹ |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (model, goal, attack, via), items in sorted(groups.items()):
         wins = [r for r in items if r["success"]]
         won_queries = [r["queries"] for r in wins]
         median = statistics.median(won_queries) if won_queries else None
-        bounded = [r["within_map_bound"] for r in items if r.get("within_map_bound") is not None]
+        bounded = [b for b in map(_within_bound, items) if b is not None]
         within = f"{sum(bounded) / len(bounded):.0%}" if bounded else "—"
         print(f"| {model} | {goal} | `{attack}` | {via} | {len(items)} | {len(wins) / len(items):.0%} | {within} "
               f"| {_fmt(_mean(won_queries))} / {_fmt(median)} | {_fmt(_mean([r['queries'] for r in items]))} "
@@ -295,7 +297,25 @@ def table(args: argparse.Namespace) -> None:
               f"| {_time(items)} |")
     print("\n¹ CPU seconds of the run's process (one torch thread); `w` marks a wall-clock mean, from rows "
           "recorded before CPU time was, which also counts any time the grid was paused.")
+    print("\n² Runs whose final clip meets the goal AND the attack's bound: hard-label attacks, MAP ≤ 3 / 9 "
+          "(RLSB Sec. 4.3); score-based attacks, L∞ ≤ ε (a targeted run starts from a target-class clip at "
+          "ε = 1 and has succeeded in the V-BAD paper's sense only once ε is down to 0.05; FR counts the "
+          "label alone, as DESIGN.md defines it).")
     _policy_table()
+
+
+def _within_bound(row: dict) -> bool | None:
+    """Goal met within the attack's own bound: the MAP bound (hard-label) or ε (score-based)."""
+    if row.get("within_map_bound") is not None:
+        return row["within_map_bound"]
+    name, params = parse_spec(row["attack"])
+    if name not in {parse_spec(a)[0] for a in SCORE_ATTACKS}:
+        return None
+    from worker.attacks import ATTACKS
+    from worker.attacks.primitives import to_levels
+
+    epsilon = params.get("epsilon", ATTACKS[name].Params().epsilon)
+    return bool(row["success"]) and row["linf"] <= to_levels(epsilon)
 
 
 def _time(items: list[dict]) -> str:
