@@ -99,6 +99,13 @@ def test_the_submit_form_makes_the_same_job_as_the_api(env, clip_npy) -> None:
     assert job["params"]["epsilon"] == 0.03 and job["progress"]["max_queries"] == 50
 
 
+def post_form(env, clip_npy: bytes, headers: dict | None = None, **fields: str):  # noqa: ANN001, ANN201
+    """POST the submit form: nes_pgd, untargeted, 50 queries on `mini`, with `fields` on top."""
+    data = {"model": "mini", "attack": "nes_pgd", "goal": "untargeted", "max_queries": "50", **fields}
+    return env["client"].post("/ui/jobs", data=data, files={"video": ("clip.npy", clip_npy)}, headers=headers,
+                              follow_redirects=False)
+
+
 def test_the_submit_form_works_without_javascript(env, clip_npy) -> None:
     """The per-parameter inputs are gathered by the server; only the chosen attack's are enabled."""
     sign_in(env)
@@ -106,11 +113,8 @@ def test_the_submit_form_works_without_javascript(env, clip_npy) -> None:
     assert 'name="param:opt:initial_directions"' in form
     assert re.search(r'name="param:vbad:epsilon"[^>]*disabled', form)  # not the chosen attack: not sent
     assert not re.search(r'name="param:opt:initial_directions"[^>]*disabled', form)
-    response = env["client"].post(
-        "/ui/jobs", follow_redirects=False,
-        data={"model": "mini", "attack": "nes_pgd", "goal": "untargeted", "target_label": "", "max_queries": "50",
-              "param:nes_pgd:epsilon": "0.03", "param:nes_pgd:seed": "3", "param:nes_pgd:population": ""},
-        files={"video": ("clip.npy", clip_npy)})
+    response = post_form(env, clip_npy, target_label="", **{
+        "param:nes_pgd:epsilon": "0.03", "param:nes_pgd:seed": "3", "param:nes_pgd:population": ""})
     assert response.status_code == 303, response.text
     job = env["client"].get(f"/jobs/{response.headers['location'].rsplit('/', 1)[-1]}", headers=env["alice"]).json()
     assert job["params"]["epsilon"] == 0.03 and job["params"]["seed"] == 3
@@ -119,10 +123,7 @@ def test_the_submit_form_works_without_javascript(env, clip_npy) -> None:
 
 def test_a_refused_form_comes_back_with_its_parameters(env, clip_npy) -> None:
     sign_in(env)
-    response = env["client"].post(
-        "/ui/jobs", data={"model": "mini", "attack": "nes_pgd", "goal": "untargeted", "max_queries": "50",
-                          "param:nes_pgd:epsilon": "7"},
-        files={"video": ("clip.npy", clip_npy)}, headers=HTML)
+    response = post_form(env, clip_npy, headers=HTML, **{"param:nes_pgd:epsilon": "7"})
     assert response.status_code == 422 and "epsilon" in response.text
     assert re.search(r'name="param:nes_pgd:epsilon" value="7"', response.text)
     assert stored_nothing(env) and count(env, Job) == 0
@@ -130,10 +131,7 @@ def test_a_refused_form_comes_back_with_its_parameters(env, clip_npy) -> None:
 
 def test_a_refused_form_says_why_and_stores_nothing(env, clip_npy) -> None:
     sign_in(env)
-    response = env["client"].post(
-        "/ui/jobs", data={"model": "mini", "attack": "nes_pgd", "goal": "targeted", "max_queries": "50",
-                          "params": "{}"},
-        files={"video": ("clip.npy", clip_npy)}, headers=HTML)
+    response = post_form(env, clip_npy, headers=HTML, goal="targeted", params="{}")
     assert response.status_code == 422 and "target_label" in response.text and 'id="submit-form"' in response.text
     assert stored_nothing(env) and count(env, Job) == 0
 
