@@ -346,7 +346,10 @@ def metrics_summary(metrics: Mapping[str, Any] | None) -> str | None:
         return None
     parts = []
     if "success" in metrics:
-        parts.append("goal met" if metrics["success"] else "goal not met")
+        if not metrics["success"] and metrics.get("label_met"):
+            parts.append("goal not met (label reached, perturbation above the attack's bound)")
+        else:
+            parts.append("goal met" if metrics["success"] else "goal not met")
     final = label_text(metrics.get("final_label"), metrics.get("final_label_name"), metrics.get("final_probability"))
     if final:
         parts.append(f"final label {final}")

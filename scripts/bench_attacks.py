@@ -98,7 +98,7 @@ def _one(task: dict, threads: int) -> dict:
     # minutes the grid sits paused (SIGSTOP) while tests run on the same two cores.
     cpu_seconds = time.process_time() - cpu_started
     return {**task, "via": "inprocess", "label": label, "target": target, "success": result.success,
-            "queries": result.queries,
+            "label_met": result.label_met, "queries": result.queries,
             "seconds": round(result.seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "map": result.metrics["map"],
             "sparsity": result.metrics["sparsity"], "frames_perturbed": result.metrics["frames_perturbed"],
             "linf": result.metrics["linf"], "iterations": result.trace.get("iterations"),
@@ -281,41 +281,29 @@ def table(args: argparse.Namespace) -> None:
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["goal"], row["attack"], row.get("via", "inprocess")), []).append(row)
-    print("| model | goal | attack | via | clips | FR | within bound² | queries mean / median (successes) "
-          "| queries mean (all) | MAP (all) | sparsity | frames perturbed | time / clip (s)¹ |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | goal | attack | via | clips | FR² | within MAP bound³ | queries mean / median (successes) "
+          "| queries mean (all) | MAP (all) | L∞ (all) | sparsity | frames perturbed | time / clip (s)¹ |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (model, goal, attack, via), items in sorted(groups.items()):
         wins = [r for r in items if r["success"]]
         won_queries = [r["queries"] for r in wins]
         median = statistics.median(won_queries) if won_queries else None
-        bounded = [b for b in map(_within_bound, items) if b is not None]
+        bounded = [r["within_map_bound"] for r in items if r.get("within_map_bound") is not None]
         within = f"{sum(bounded) / len(bounded):.0%}" if bounded else "—"
         print(f"| {model} | {goal} | `{attack}` | {via} | {len(items)} | {len(wins) / len(items):.0%} | {within} "
               f"| {_fmt(_mean(won_queries))} / {_fmt(median)} | {_fmt(_mean([r['queries'] for r in items]))} "
-              f"| {_fmt(_mean([r['map'] for r in items]), 2)} | {_fmt(_mean([r['sparsity'] for r in items]), 2)} "
+              f"| {_fmt(_mean([r['map'] for r in items]), 2)} | {_fmt(_mean([r['linf'] for r in items]), 0)} "
+              f"| {_fmt(_mean([r['sparsity'] for r in items]), 2)} "
               f"| {_fmt(_mean([r['frames_perturbed'] for r in items]), 1)} "
               f"| {_time(items)} |")
     print("\n¹ CPU seconds of the run's process (one torch thread); `w` marks a wall-clock mean, from rows "
           "recorded before CPU time was, which also counts any time the grid was paused.")
-    print("\n² Runs whose final clip meets the goal AND the attack's bound: hard-label attacks, MAP ≤ 3 / 9 "
-          "(RLSB Sec. 4.3); score-based attacks, L∞ ≤ ε (a targeted run starts from a target-class clip at "
-          "ε = 1 and has succeeded in the V-BAD paper's sense only once ε is down to 0.05; FR counts the "
-          "label alone, as DESIGN.md defines it).")
+    print("\n² Runs that succeeded as a job does (worker/attacks/base.py `job_succeeded`): the oracle puts the "
+          "final clip where the goal demands and the attack's own criterion holds; for a targeted score-based "
+          "attack, which keeps the target from its ε = 1 start, that is ε shrunk to the goal ε (V-BAD Sec. 4.1).")
+    print("\n³ Hard-label runs whose final clip also has MAP ≤ the bound ω (3 untargeted, 9 targeted; RLSB Sec. 4.3): "
+          "they always end adversarial and report the MAP they reached.")
     _policy_table()
-
-
-def _within_bound(row: dict) -> bool | None:
-    """Goal met within the attack's own bound: the MAP bound (hard-label) or ε (score-based)."""
-    if row.get("within_map_bound") is not None:
-        return row["within_map_bound"]
-    name, params = parse_spec(row["attack"])
-    if name not in {parse_spec(a)[0] for a in SCORE_ATTACKS}:
-        return None
-    from worker.attacks import ATTACKS
-    from worker.attacks.primitives import to_levels
-
-    epsilon = params.get("epsilon", ATTACKS[name].Params().epsilon)
-    return bool(row["success"]) and row["linf"] <= to_levels(epsilon)
 
 
 def _time(items: list[dict]) -> str:

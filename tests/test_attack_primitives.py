@@ -75,3 +75,14 @@ def test_tracker_prefers_success_then_score():
     assert tracker.offer(clip + 3, 0.1, True)
     assert not tracker.offer(clip + 4, -0.01, False)
     assert tracker.best.success and tracker.best.clip[0, 0, 0, 0] == 3 and len(seen) == 2
+
+
+def test_tracker_prefers_the_smaller_distance_between_equally_successful_offers():
+    clip = np.zeros((1, 2, 2, 3), np.uint8)
+    tracker = Tracker(best=Best(clip=clip, score=-0.9, success=False))
+    assert tracker.offer(clip + 1, 0.97, False, distance=255)  # a targeted start at ε = 1
+    assert tracker.offer(clip + 2, 0.60, False, distance=200)  # smaller ε, target kept less surely
+    assert not tracker.offer(clip + 3, 0.99, False, distance=230)
+    assert tracker.offer(clip + 4, 0.51, True, distance=12)
+    assert not tracker.offer(clip + 5, 0.52, True, distance=12.5)
+    assert tracker.best.clip[0, 0, 0, 0] == 4 and tracker.best.distance == 12

@@ -69,6 +69,11 @@ def submitted(client, attack_clips) -> dict[tuple[str, str], str]:  # noqa: ANN0
             response = submit(client, body, attack=attack, model=MODEL, **form)
             assert response.status_code == 202, response.text
             ids[attack, goal] = response.json()["id"]
+    # Too few queries to shrink ε from 1 to 0.05: the clip keeps the target, the job did not succeed.
+    response = submit(client, body, attack="srbad", model=MODEL, max_queries=200, goal="targeted",
+                      target_label=TARGET)
+    assert response.status_code == 202, response.text
+    ids["srbad", "targeted, short"] = response.json()["id"]
     for attack in TRANSFER:
         response = submit(client, body, attack=attack, model=MODEL, max_queries=DECISION_BUDGET)
         assert response.status_code == 202, response.text
@@ -107,6 +112,15 @@ def test_targeted_attack_reaches_the_target(client, submitted, attack):
     assert job["status"] == "succeeded", job
     assert job["metrics"]["final_label"] == TARGET
     assert job["metrics"]["linf"] <= to_levels(FAST_TARGETED["epsilon"])
+    _check_budget(job)
+
+
+def test_a_targeted_run_that_keeps_the_target_above_its_epsilon_has_not_succeeded(client, submitted):
+    job = wait_for(client, submitted["srbad", "targeted, short"])
+    metrics = job["metrics"]
+    assert job["status"] == "budget_exhausted", job
+    assert metrics["label_met"] is True and metrics["success"] is False
+    assert metrics["final_label"] == TARGET and metrics["linf"] > to_levels(0.05)
     _check_budget(job)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from client.cli import main
+from client.cli import main, metrics_summary
 from client.http import VaasClient, VaasError
 
 URL = "http://vaas.test"
@@ -659,3 +659,9 @@ def test_client_refuses_ids_that_leave_their_route():
     transport = httpx.MockTransport(lambda r: httpx.Response(200, json={}))
     with VaasClient("http://x", "k", transport=transport) as vaas, pytest.raises(VaasError, match="invalid id"):
         vaas.get_job("../attacks")
+
+
+def test_summary_says_when_the_label_was_reached_above_the_attacks_bound():
+    summary = metrics_summary({"success": False, "label_met": True, "final_label": 7, "linf": 230})
+    assert summary.startswith("goal not met (label reached, perturbation above the attack's bound)")
+    assert metrics_summary({"success": False, "label_met": False}) == "goal not met"

@@ -15,7 +15,7 @@ import numpy as np
 
 from model_server.protocol import Prediction
 from worker.attacks import Attack, build_attack
-from worker.attacks.base import AttackContext, Best, Goal, Tracker
+from worker.attacks.base import AttackContext, Best, Goal, Tracker, job_succeeded
 from worker.metrics import perturbation_metrics
 from worker.oracle_client import BudgetExhausted
 
@@ -66,7 +66,8 @@ class InProcessOracle:
 
 @dataclass
 class LocalResult:
-    success: bool
+    success: bool  # as a job's: label met and the attack's own criterion (base.job_succeeded)
+    label_met: bool
     queries: int
     seconds: float
     clip: np.ndarray
@@ -113,9 +114,9 @@ def run_local(
         built.run(ctx)
     except BudgetExhausted:
         pass
-    final = oracle.verify(tracker.best.clip)
+    label_met = goal.is_met(oracle.verify(tracker.best.clip)["label"])
     seconds = time.monotonic() - started
     return LocalResult(
-        success=goal.is_met(final["label"]), queries=oracle.used, seconds=seconds, clip=tracker.best.clip,
+        success=job_succeeded(label_met, tracker.best), label_met=label_met, queries=oracle.used, seconds=seconds, clip=tracker.best.clip,
         metrics=perturbation_metrics(tracker.best.clip, clean), trace=ctx.trace, history=history,
     )

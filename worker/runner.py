@@ -22,7 +22,7 @@ from db.models import Artifact, Job, JobKind, JobStatus
 from db.session import new_session, session_scope
 from model_server.client import OracleHTTP
 from worker.attacks import build_attack
-from worker.attacks.base import AttackContext, Best, Goal, Tracker
+from worker.attacks.base import AttackContext, Best, Goal, Tracker, job_succeeded
 from worker.leases import (
     DATABASE_DOWN,
     DatabaseDown,
@@ -267,11 +267,13 @@ def _finish(
             error = error or f"could not verify the final clip: {exc}"
             reason = StopReason.cancelled if isinstance(exc, JobCancelled) else reason
     goal = Goal(job.source_label, job.target_label)
-    success = verified is not None and goal.is_met(verified["label"])
+    label_met = verified is not None and goal.is_met(verified["label"])
+    success = job_succeeded(label_met, best)
     status = _terminal_status(reason, success, error)
     paths = _write_artifacts(job.id, best.clip, settings)
     metrics = {
         "success": success,
+        "label_met": label_met,
         **perturbation_metrics(best.clip, clean),
         "final_label": verified["label"] if verified else None,
         "final_label_name": verified["label_name"] if verified else None,

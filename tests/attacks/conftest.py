@@ -58,14 +58,21 @@ def toy_clip() -> np.ndarray:
     return np.random.default_rng(3).integers(40, 216, size=(4, 16, 16, 3), dtype=np.uint8)
 
 
-def run_on_toy(attack: Attack, clean: np.ndarray, budget: int, **oracle_kw: float) -> tuple[LinearOracle, Tracker]:
-    """Run an untargeted attack the way the runner does (clean query first) against a LinearOracle."""
+def run_on_toy(attack: Attack, clean: np.ndarray, budget: int, target: int | None = None,
+               **oracle_kw: float) -> tuple[LinearOracle, Tracker]:
+    """Run an attack the way the runner does (clean query first) against a LinearOracle.
+
+    Targeted (target = 1): the attacker's reference clip of class 1 is the clean clip pushed 120
+    levels against the oracle's weights, which the oracle puts in class 1.
+    """
     oracle = LinearOracle(clean, budget, **oracle_kw)
     first = oracle.query(clean[None])[0]
-    goal = Goal(source_label=first["label"])
+    goal = Goal(source_label=first["label"], target_label=target)
     tracker = Tracker(best=Best(clip=clean, score=goal.score(first), success=False))
+    opposite = np.clip(clean - 120.0 * np.sign(oracle.w), 0, 255).astype(np.uint8)
     ctx = AttackContext(clean=clean, oracle=oracle, goal=goal, tracker=tracker,
-                        rng=np.random.default_rng([attack.params.seed, 0]))
+                        rng=np.random.default_rng([attack.params.seed, 0]),
+                        reference_clips=lambda label, n: np.stack([opposite] * n))
     try:
         attack.run(ctx)
     except BudgetExhausted:

@@ -546,7 +546,7 @@ class AstFocus(Attack):
             if ctx.goal.is_met(answer["label"]):
                 x, eps = candidate, trial_eps
                 ctx.trace["epsilon_levels"] = eps
-                ctx.tracker.offer(x, new_score, success=eps <= goal_eps, answer=answer)
+                ctx.tracker.offer(x, new_score, success=eps <= goal_eps, answer=answer, distance=eps)
                 if eps <= goal_eps:
                     return
             elif decay > 1:

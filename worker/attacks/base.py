@@ -55,15 +55,20 @@ class Best:
     score: float
     success: bool
     answer: Prediction | None = None
-    distance: float | None = None  # decision-based attacks: the MAP of an adversarial clip
+    # The perturbation the attack shrinks: the MAP of an adversarial clip (decision-based attacks), the
+    # L∞ ε in levels of a clip that keeps the target (targeted score-based attacks, Algorithm 1).
+    distance: float | None = None
 
 
 @dataclass
 class Tracker:
     """Keeps the best clip seen so far; a success always beats a non-success.
 
-    Between two successes that both carry a `distance` (decision-based attacks, which start
-    adversarial and shrink the perturbation), the smaller distance wins; otherwise the higher score.
+    Between two offers of equal success that both carry a `distance` (decision-based attacks, which
+    start adversarial and shrink the perturbation; targeted score-based attacks, which start at a
+    target-class clip and shrink ε), the smaller distance wins, then the higher score; otherwise the
+    higher score. Without the distance rule a targeted run's best would stay its ε = 1 start, which
+    has the target's highest probability.
 
     Attacks offer every answered clip they consider a result; `on_improve` lets the worker persist
     progress and checkpoints without the attack knowing about the database.
@@ -77,14 +82,25 @@ class Tracker:
     def offer(self, clip: np.ndarray, score: float, success: bool, answer: Prediction | None = None,
               distance: float | None = None) -> bool:
         current = self.best
-        if success and current.success and distance is not None and current.distance is not None:
-            better = distance < current.distance
+        if success == current.success and distance is not None and current.distance is not None:
+            better = (-distance, score) > (-current.distance, current.score)
         else:
             better = (success, score) > (current.success, current.score)
         if better:
             self.best = Best(clip=clip.copy(), score=score, success=success, answer=answer, distance=distance)
             self.on_improve(self.best)
         return better
+
+
+def job_succeeded(label_met: bool, best: Best) -> bool:
+    """A job succeeds when the oracle puts its final clip where the goal demands (DESIGN.md's FR) and
+    the attack's own criterion holds for that clip (`best.success`).
+
+    The two differ only for targeted score-based attacks: their clip keeps the target from the first
+    query (a target-class clip at ε = 1), and V-BAD counts a success only "under the perturbation
+    bound" (its Sec. 4.1): ε shrunk to the goal ε. `label_met` stays in the metrics beside it.
+    """
+    return label_met and best.success
 
 
 @dataclass
@@ -144,6 +160,6 @@ def targeted_start(ctx: AttackContext, start_eps: int, scan: int, attack: str) -
         answer = ctx.oracle.query(start[None])[0]
         if ctx.goal.is_met(answer["label"]):
             score = ctx.goal.score(answer)
-            ctx.tracker.offer(start, score, success=False, answer=answer)
+            ctx.tracker.offer(start, score, success=False, answer=answer, distance=start_eps)
             return start, start_eps, score
     return None, start_eps, 0.0

@@ -89,7 +89,8 @@ class NesPgd(Attack):
                 accepted = ctx.goal.is_met(answer["label"])
                 if accepted:
                     x, eps = candidate, trial_eps
-                    ctx.tracker.offer(x, ctx.goal.score(answer), success=eps <= goal_eps, answer=answer)
+                    ctx.tracker.offer(x, ctx.goal.score(answer), success=eps <= goal_eps, answer=answer,
+                                      distance=eps)
                     if eps <= goal_eps:
                         return
                 elif decay > 1:

@@ -320,22 +320,24 @@ class Vbad(Attack):
             stepped = x - schedule.alpha * np.sign(gradient)
             reduced = max(goal_eps, eps - schedule.decay)
             candidate = project_linf(stepped, ctx.clean, reduced)
-            if self._try(ctx, candidate, reduced <= goal_eps):
+            if self._try(ctx, candidate, reduced, goal_eps):
                 x, eps = candidate, reduced
                 schedule.shrink_succeeded()
                 continue
             schedule.shrink_failed()
             candidate = project_linf(stepped, ctx.clean, eps)
-            kept = self._try(ctx, candidate, eps <= goal_eps)
+            kept = self._try(ctx, candidate, eps, goal_eps)
             if kept:
                 x = candidate
             schedule.step_tried(kept)
 
-    def _try(self, ctx: AttackContext, candidate: np.ndarray, within_goal: bool) -> bool:
+    def _try(self, ctx: AttackContext, candidate: np.ndarray, eps: int, goal_eps: int) -> bool:
+        """Query a candidate in the ε ball; one that keeps the target is offered at its ε."""
         answer = ctx.oracle.query(candidate[None])[0]
         kept = ctx.goal.is_met(answer["label"])
         if kept:
-            ctx.tracker.offer(candidate, ctx.goal.score(answer), success=within_goal, answer=answer)
+            ctx.tracker.offer(candidate, ctx.goal.score(answer), success=eps <= goal_eps, answer=answer,
+                              distance=eps)
         return kept
 
 
