@@ -170,3 +170,36 @@ def test_salient_mask_finds_the_object_on_a_flat_frame():
     box[16:40, 24:48] = True  # the square and a 4-pixel rim (saliency peaks on its edges)
     assert mask[0][box].mean() > 3 * mask[0][~box].mean()
     assert salient_mask(clip, 1.0, "fine_grained").min() == 1.0
+
+
+def targeted_context(oracle, clean: np.ndarray) -> AttackContext:  # noqa: ANN001
+    first = oracle.query(clean[None])[0]
+    goal = Goal(source_label=first["label"], target_label=1)
+    tracker = Tracker(best=Best(clip=clean, score=goal.score(first), success=False))
+    return AttackContext(clean=clean, oracle=oracle, goal=goal, tracker=tracker, rng=np.random.default_rng([0, 0]),
+                         reference_clips=reference_clips_for(clean, None))
+
+
+@pytest.mark.parametrize("threshold, dropped", [(17.0, 1), (5.0, 0)])
+def test_targeted_heuristic_adds_the_salient_mask_after_the_key_frame_search(clean, threshold, dropped):
+    # The reference clips move every pixel by ~20 levels: with φ = 0.8 of the pixels masked, frame 2
+    # moves ~16 on average, which misses a threshold of 17 and meets one of 5.
+    oracle = KeyFrameOracle(clean, key=2, budget=3000, threshold=threshold)
+    params = HeuristicParams(initial_directions=1, max_iterations=1)
+    ctx = targeted_context(oracle, clean)
+    try:
+        Heuristic(params).run(ctx)
+    except BudgetExhausted:
+        pass
+    trace = ctx.trace
+    assert trace["spatial_stage"] == "after_temporal" and trace["key_frames"] == [2]
+    assert trace["spatial_dropped"] == dropped and ctx.tracker.best.success
+    assert trace["mask_density"] == pytest.approx(0.25 if dropped else 0.25 * 0.8, abs=0.01)
+
+
+def test_salient_mask_first_can_miss_a_target_the_whole_frames_reach(clean):
+    oracle = KeyFrameOracle(clean, key=2, budget=3000, threshold=17.0)
+    ctx = targeted_context(oracle, clean)
+    Heuristic(HeuristicParams(initial_directions=1, max_iterations=1, spatial_stage="first")).run(ctx)
+    assert ctx.trace["spatial_stage"] == "first" and ctx.trace["key_frames"] == []
+    assert not ctx.tracker.best.success
