@@ -33,10 +33,10 @@ update loop; on a probe the scan went on for 2 800 queries after reaching MAP 0.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from pydantic import Field
-
-from typing import Literal
 
 from worker.attacks.base import AttackContext
 from worker.attacks.boundary import INF, Boundary, unit
