@@ -29,6 +29,11 @@ class Progress(BaseModel):
     best_score: float | None = Field(
         description="Best goal score so far in [-1, 1]; positive once the goal is met."
     )
+    best_distance: float | None = Field(
+        None, description="The perturbation the attack is shrinking, for its best clip so far: MAP on 0-255 "
+        "(hard-label attacks, once adversarial) or the L∞ ε in levels (targeted score-based attacks, which "
+        "keep the target while ε comes down); null for other attacks.",
+    )
 
 
 class JobLinks(BaseModel):
@@ -87,6 +92,7 @@ class JobOut(BaseModel):
                 max_queries=job.max_queries,
                 fraction=round(job.queries_used / job.max_queries, 6) if job.max_queries else 0.0,
                 best_score=job.best_score,
+                best_distance=job.best_distance,
             ),
             metrics=job.metrics,
             error=job.error,

@@ -283,7 +283,8 @@ def wait_job(vaas: VaasClient, job_id: str, args: argparse.Namespace,
         if total and bar.total != total:
             bar.total = total
         bar.n = progress.get("queries_used", 0)
-        bar.set_postfix(status=job.get("status"), best_score=num(progress.get("best_score")), refresh=False)
+        bar.set_postfix(status=job.get("status"), best_score=num(progress.get("best_score")),
+                        perturbation=num(progress.get("best_distance")), refresh=False)
         bar.refresh()
 
     try:
@@ -391,6 +392,8 @@ def job_view(job: Mapping[str, Any]) -> str:
         line += f" ({100 * progress['fraction']:.1f}%)"
     if progress.get("best_score") is not None:
         line += f", best score {num(progress['best_score'])}"
+    if progress.get("best_distance") is not None:
+        line += f", perturbation {num(progress['best_distance'])}"
     links = job.get("links") or {}
     files = [fmt for fmt in ("npy", "mkv") if links.get(f"adversarial_{fmt}")]
     times = " · ".join(f"{k} {when(job.get(f'{k}_at'))}" for k in ("created", "started", "finished")

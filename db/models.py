@@ -110,6 +110,9 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(24), default=JobStatus.queued.value, index=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     best_score: Mapped[float | None] = mapped_column(Float)
+    # MAP of the best adversarial clip (hard-label) or ε in levels of the best target-keeping clip
+    # (targeted score-based): what those attacks shrink, so their progress is this, not the score.
+    best_distance: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     input_filename: Mapped[str | None] = mapped_column(String(255))

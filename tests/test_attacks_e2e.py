@@ -103,6 +103,7 @@ def test_untargeted_attack_succeeds_on_an_easy_clip_within_budget(client, submit
     assert job["status"] == "succeeded", job
     assert job["metrics"]["linf"] <= 12
     assert job["metrics"]["attack"]["variant"] == attack
+    assert job["progress"]["best_distance"] is None  # untargeted score-based: nothing is being shrunk
     _check_budget(job)
 
 
@@ -121,6 +122,7 @@ def test_a_targeted_run_that_keeps_the_target_above_its_epsilon_has_not_succeede
     assert job["status"] == "budget_exhausted", job
     assert metrics["label_met"] is True and metrics["success"] is False
     assert metrics["final_label"] == TARGET and metrics["linf"] > to_levels(0.05)
+    assert job["progress"]["best_distance"] == metrics["linf"]  # the ε it got down to, as progress
     _check_budget(job)
 
 
@@ -134,6 +136,7 @@ def test_decision_attack_shrinks_an_adversarial_start_within_budget(client, subm
     curve = job["metrics"]["attack"]["map_curve"]
     assert curve[-1][1] < curve[0][1]
     assert job["metrics"]["map"] == pytest.approx(curve[-1][1], abs=1e-3)
+    assert job["progress"]["best_distance"] == pytest.approx(job["metrics"]["map"], abs=1e-3)
     _check_budget(job)
 
 

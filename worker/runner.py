@@ -195,7 +195,7 @@ class Checkpointer:
 
     Written at most once a second (at once for a first success), atomically (write, then rename):
     after a SIGKILL the file holds a whole clip and the score the oracle gave that very clip. The
-    job's `best_score` column (progress for the API) is updated alongside, best effort.
+    job's `best_score` and `best_distance` columns (progress for the API) are updated alongside, best effort.
     """
 
     def __init__(self, job_id: str, settings: Settings) -> None:
@@ -226,7 +226,8 @@ class Checkpointer:
         if now - self._last_db >= 1.0 or best.success:
             try:
                 with session_scope() as session:
-                    session.execute(update(Job).where(Job.id == self.job_id).values(best_score=best.score))
+                    session.execute(update(Job).where(Job.id == self.job_id)
+                                    .values(best_score=best.score, best_distance=best.distance))
             except DATABASE_DOWN:
                 log.warning("job %s: best score not stored (database unreachable)", self.job_id)
             self._last_db = now
@@ -291,6 +292,7 @@ def _finish(
             metrics["queries_per_s"] = round(row.queries_used / max(metrics["wall_time_s"], 1e-9), 2)
             row.status, row.error, row.metrics = status, error, metrics
             row.best_score = goal.score(verified) if verified else best.score
+            row.best_distance = best.distance
             row.finished_at = datetime.now(timezone.utc)
             row.lease_owner, row.lease_expires_at = None, None
             for kind, path in paths.items():

@@ -202,7 +202,8 @@ def job_live(job_id: str, session: SessionDep, request: Request) -> JSONResponse
     status = JobStatus(job.status)
     return JSONResponse({
         "status": status.value, "terminal": status.terminal, "queries_used": job.queries_used,
-        "max_queries": job.max_queries, "best_score": job.best_score, "stride": stride, "points": points,
+        "max_queries": job.max_queries, "best_score": job.best_score,
+        "best_distance": job.best_distance, "stride": stride, "points": points,
     })
 
 

@@ -71,6 +71,7 @@
     }
     setField("queries_used", data.queries_used, data.queries_used.toLocaleString());
     setField("best_score", data.best_score, data.best_score === null ? "—" : Number(data.best_score.toPrecision(4)).toString());
+    setField("best_distance", data.best_distance, data.best_distance === null ? "—" : Number(data.best_distance.toPrecision(4)).toString());
     setField("live-status", data.status, data.status);
     section.querySelector(".fill").style.width = `${(100 * data.queries_used / data.max_queries).toFixed(1)}%`;
     draw(data);

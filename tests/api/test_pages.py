@@ -80,6 +80,12 @@ def test_job_page_and_live_data_show_the_stored_numbers(env, clip_npy) -> None:
     assert 'data-seq="0"' in page  # the clean clip's query is the first audit row
     live = env["client"].get(f"/ui/jobs/{job['id']}/live.json").json()
     assert live["queries_used"] == 1 and live["points"] == [[0, 0.9, "source"]] and not live["terminal"]
+    with env["sessions"]() as session:  # as a runner stores an attack's progress
+        session.get(Job, job["id"]).best_distance = 4.25
+        session.commit()
+    assert 'data-field="best_distance" data-value="4.25"' in env["client"].get(f"/ui/jobs/{job['id']}", headers=HTML).text
+    assert env["client"].get(f"/ui/jobs/{job['id']}/live.json").json()["best_distance"] == 4.25
+    assert env["client"].get(f"/jobs/{job['id']}", headers=env["alice"]).json()["progress"]["best_distance"] == 4.25
     download = env["client"].get(f"/ui/jobs/{job['id']}/download/input.npy")
     assert download.status_code == 200 and download.content[:6] == b"\x93NUMPY"
 
