@@ -34,7 +34,8 @@ def test_submit_stores_job_first_query_and_input(env, clip_npy: bytes) -> None:
     job = response.json()
     assert response.headers["location"] == f"/jobs/{job['id']}"
     assert job["status"] == "queued" and job["source_label"] == 1 and job["source_label_name"] == "run"
-    assert job["progress"] == {"queries_used": 1, "max_queries": 100, "fraction": 0.01, "best_score": None}
+    assert job["progress"] == {"queries_used": 1, "max_queries": 100, "fraction": 0.01, "best_score": None,
+                               "best_distance": None}
     assert job["params"]["epsilon"] == 0.03 and "sigma" in job["params"]
     assert job["links"]["adversarial_npy"] is None
     assert env["broker"].sent == [("vaas.run_attack", [job["id"]])]
