@@ -1,0 +1,34 @@
+"""The benchmark table (scripts/bench_attacks.py `table`) computes what BENCHMARKS.md prints from the
+grid's rows: FR over all runs, queries over successes and over all, the MAP-bound column."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_attacks.py"
+
+
+def _bench():  # noqa: ANN202 - the script is not a package module
+    spec = importlib.util.spec_from_file_location("bench_attacks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(success: bool, queries: int, map_: float, within: bool | None, **extra: object) -> dict:
+    return {"model": "tsm", "goal": "targeted", "attack": "heuristic", "index": 0, "via": "inprocess",
+            "success": success, "queries": queries, "map": map_, "linf": 40, "sparsity": 0.5,
+            "frames_perturbed": 4, "cpu_seconds": 10.0, "within_map_bound": within, **extra}
+
+
+def test_the_table_row_of_a_cell(tmp_path, capsys):
+    results = tmp_path / "attacks.jsonl"
+    rows = [_row(True, 100, 8.0, True), _row(True, 300, 12.0, False), _row(False, 30_000, 0.0, False)]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _bench().table(argparse.Namespace(results=results))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| tsm |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # clips, FR, within MAP bound, queries over successes (mean / median), over all, MAP, L∞
+    assert cells[4:11] == ["3", "67%", "33%", "200 / 200", "10,133", "6.67", "40"]
