@@ -198,7 +198,7 @@ def _service_row(job: dict, model: str, goal: str, spec: str, campaign: dict) ->
     success = job["status"] == "succeeded"
     return {"model": model, "attack": spec, "goal": goal, "index": job["clip_index"], "via": "service",
             "campaign": campaign["id"], "label": job["source_label"], "target": job["target_label"],
-            "success": success, "queries": job["progress"]["queries_used"],
+            "success": success, "label_met": metrics.get("label_met"), "queries": job["progress"]["queries_used"],
             "seconds": metrics.get("wall_time_s"), "map": metrics.get("map"), "sparsity": metrics.get("sparsity"),
             "frames_perturbed": metrics.get("frames_perturbed"), "linf": metrics.get("linf"),
             "iterations": attack_report.get("iterations"), "map_bound": bound,
