@@ -57,6 +57,8 @@ DEFAULT_ATTACKS = SCORE_ATTACKS + DECISION_ATTACKS
 # V-BAD's Table 2 ablations; not in the default grid (P-BAD and SR-BAD already cover static tentatives).
 EXTRA_ATTACKS = ["vbad:tentative=static", "vbad:tentative=random", "vbad:partition=random"]
 BUDGETS = {"untargeted": 15_000, "targeted": 30_000}
+# Scalars of an attack's trace worth keeping with its row (why it stopped, where ε ended, …).
+ROW_TRACE_KEYS = ("stopped", "epsilon_levels", "initial_queries", "spatial_stage", "spatial_dropped", "key_frames")
 # Tracked in git: the grid takes days of CPU, so every session resumes where the last one stopped.
 RESULTS = Path("benchmarks/attacks.jsonl")
 
@@ -104,7 +106,8 @@ def _one(task: dict, threads: int) -> dict:
             "linf": result.metrics["linf"], "iterations": result.trace.get("iterations"),
             "map_bound": result.trace.get("map_bound"),
             "within_map_bound": (result.success and result.metrics["map"] <= result.trace["map_bound"])
-            if "map_bound" in result.trace else None}
+            if "map_bound" in result.trace else None,
+            "trace": {k: result.trace[k] for k in ROW_TRACE_KEYS if k in result.trace}}
 
 
 def _policy_path(model: str, goal: str) -> Path:
