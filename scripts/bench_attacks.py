@@ -329,7 +329,8 @@ def _policy_table() -> None:
               f"| {_fmt(rewards[-1], 2)} | {_fmt(report.get('seconds'), 0)} |")
 
 
-PROBE_TRACE_KEYS = ("iterations", "stopped", "initial_queries", "map_curve", "key_frames", "frames_kept")
+PROBE_TRACE_KEYS = ("iterations", "stopped", "initial_queries", "map_curve", "key_frames", "frames_kept",
+                    "spatial_stage", "spatial_dropped", "epsilon_levels")
 
 
 def probe(args: argparse.Namespace) -> None:
