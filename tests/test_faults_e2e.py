@@ -182,9 +182,12 @@ def test_sigkill_of_the_process_running_the_job(faults: Faults, http) -> None:  
         faults.stack.kill("w-child", signal.SIGTERM)
     assert state["status"] in ("succeeded", "budget_exhausted", "failed") and state["attempts"] == 2, state
     assert_budget_kept(state)
-    # The immediate redelivery met the dead runner's live lease and left the job; it resumed after expiry.
-    assert "live lease" in faults.stack.log("w-child")
-    record("SIGKILL of the pool process running the job", state, queries_at_kill=killed_at)
+    # Celery redelivers at once, but the new pool process must start first. Within the dead runner's
+    # lease the delivery leaves the job and it resumes after expiry (the sweeper re-publishes it);
+    # after the lease it claims the job directly. Both are one more attempt on the same budget.
+    met_lease = "live lease" in faults.stack.log("w-child")
+    record("SIGKILL of the pool process running the job", state, queries_at_kill=killed_at,
+           redelivery="met the live lease" if met_lease else "after the lease expired")
 
 
 def _backend_pid(model: str) -> int:
