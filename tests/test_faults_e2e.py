@@ -53,7 +53,7 @@ def _fresh_database() -> None:
 
 
 @pytest.fixture(scope="module")
-def faults() -> Iterator[Faults]:
+def faults(api: str) -> Iterator[Faults]:  # `api`: the shared TorchServe runs, also when this file runs alone
     _fresh_database()
     redis, proxy = RedisServer(), TcpProxy(("127.0.0.1", 5432))
     data_dir = ROOT / "var" / "faults"
