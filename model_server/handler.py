@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.memory import keep_freed_memory
 from model_server import protocol, zoo
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class OracleHandler:
         """Load the architecture named in model-config.yaml with the weights shipped in the .mar."""
         model_dir = Path(context.system_properties["model_dir"])
         options = (context.model_yaml_config or {}).get("handler", {})
+        self.memory_kept = keep_freed_memory()
         self.name: str = options["model"]
         self.max_clips: int = int(options.get("max_clips", 48))
         self.chunk: int = int(options.get("chunk", 48))  # clips per forward: bounds activation memory
@@ -50,11 +52,12 @@ class OracleHandler:
         self.model = zoo.load_trained(self.name, model_dir, self.device)
         self.initialized = True
         logger.info(
-            "loaded %s on %s (max_clips=%d, torch threads=%d)",
+            "loaded %s on %s (max_clips=%d, torch threads=%d, freed memory kept: %s)",
             self.name,
             self.device,
             self.max_clips,
             torch.get_num_threads(),
+            self.memory_kept,
         )
 
     def describe_handle(self) -> str:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from core.memory import keep_freed_memory
 from model_server import dataset, zoo
 
 # Label permutations under flips. A mirrored or time-reversed clip is still a valid clip, but some
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     torch.use_deterministic_algorithms(True, warn_only=True)
     started = time.time()
 

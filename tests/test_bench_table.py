@@ -32,3 +32,13 @@ def test_the_table_row_of_a_cell(tmp_path, capsys):
     cells = [c.strip() for c in line.strip("|").split("|")]
     # clips, FR, within MAP bound, queries over successes (mean / median), over all, MAP, L∞
     assert cells[4:11] == ["3", "67%", "33%", "200 / 200", "10,133", "6.67", "40"]
+
+
+def test_time_is_averaged_over_runs_with_freed_memory_kept_and_marks_older_ones():
+    time_of = _bench()._time
+    old = [_row(True, 100, 8.0, True, cpu_seconds=90.0), _row(True, 100, 8.0, True, cpu_seconds=110.0)]
+    kept = [_row(True, 100, 8.0, True, cpu_seconds=30.0, memory_kept=True)]
+    assert time_of(old + kept) == "30.0"  # a faster allocator is not averaged with the slower one
+    assert time_of(old) == "100.0 ‡"
+    walled = [{**r, "cpu_seconds": None, "seconds": 200.0} for r in old]
+    assert time_of(walled) == "200.0 w"

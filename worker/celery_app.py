@@ -65,7 +65,10 @@ def _limit_torch_threads(**_: object) -> None:
     """Each worker process runs one job; its surrogate work gets `torch_threads` threads."""
     import torch
 
+    from core.memory import keep_freed_memory
+
     torch.set_num_threads(get_settings().torch_threads)
+    keep_freed_memory()
 
 
 _sweepers: list = []

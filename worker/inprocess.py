@@ -24,7 +24,10 @@ class InProcessOracle:
     def __init__(self, model_name: str, max_queries: int, chunk: int = 48, held_back: int = 1) -> None:
         import torch
 
+        from core.memory import keep_freed_memory
         from model_server import zoo
+
+        keep_freed_memory()
 
         self.model = zoo.load_trained(model_name)
         self.labels = zoo.load_card(model_name)["labels"]
