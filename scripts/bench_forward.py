@@ -13,6 +13,7 @@ autocast. Last column: how far the same clips' answers move when forwarded 8 at 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -61,6 +62,7 @@ def main() -> None:
     loaded = {name: _load(name, args.batch) for name in args.models}
     glibc = {name: timed(model, inputs, args.reps) for name, (model, inputs) in
              tqdm(loaded.items(), desc="glibc defaults", leave=False)}
+    resident_glibc = _resident_mb()
     if not keep_freed_memory():
         sys.exit("freed memory cannot be kept here (not glibc, or VAAS_MALLOC_KEEP_MB=0)")
     print(f"| model | fp32 ms/clip, glibc defaults (max Δp) | fp32 ms/clip | TorchScript frozen ms/clip (max Δp) "
@@ -75,6 +77,12 @@ def main() -> None:
         cells = " | ".join(f"{ms:.1f} ({np.abs(p - base_p).max():.1e})" for ms, p in rows)
         print(f"| {name} | {glibc_ms:.1f} ({np.abs(glibc_p - base_p).max():.1e}) | {base_ms:.1f} | {cells} "
               f"| {np.abs(chunked_p - base_p).max():.1e} |")
+    print(f"\nResident memory of this process (all models loaded): {resident_glibc:,} MB after the forwards "
+          f"under glibc's defaults, {_resident_mb():,} MB after those with freed memory kept.")
+
+
+def _resident_mb() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
 
 
 def _load(name: str, batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
