@@ -3,10 +3,10 @@
 glibc serves every block above 32 MiB with a fresh mmap and unmaps it when it is freed. One forward
 of a 48-clip batch allocates several such tensors (the float input alone is 48 × 3 × 16 × 112 × 112 ×
 4 B = 116 MB), so every forward faulted hundreds of MB of new pages in: on one torch thread that was
-55-75 % of the zoo models' forward time (`scripts/bench_forward.py`, "glibc defaults" column). With
+54-74 % of the zoo models' forward time (`scripts/bench_forward.py`, "glibc defaults" column). With
 mmap off and a high trim threshold the heap keeps those pages and the next forward reuses them. The
 arithmetic is untouched, so answers are bitwise the same; the price is resident memory: a process keeps
-about the peak of its largest forward (~1.0-1.5 GB for a 48-clip batch of a zoo model).
+about the peak of its forwards (the script above prints its own: 1.1 GB → 3.0 GB with five models).
 
 Called where a process starts doing tensor work: TorchServe's handler, the Celery worker processes,
 the in-process oracle of the benchmarks and training. A no-op (returns False) off glibc or when

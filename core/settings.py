@@ -95,8 +95,8 @@ class Settings(BaseSettings):
 
     malloc_keep_mb: int = Field(
         1024, ge=0, le=2047, description="Freed heap memory (MiB) a process doing tensor work keeps for "
-        "reuse, with glibc's per-block mmap turned off (core/memory.py): forwards 2-4x faster on CPU for "
-        "about 1 GB resident per process. 0 leaves glibc's defaults.",
+        "reuse, with glibc's per-block mmap turned off (core/memory.py): forwards 1.8-3.9x faster on CPU "
+        "(scripts/bench_forward.py), the process keeping about the peak of its forwards resident. 0 leaves glibc's defaults.",
     )
 
     @property

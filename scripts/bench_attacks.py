@@ -89,7 +89,7 @@ def _one(task: dict, threads: int) -> dict:
     from worker.inprocess import run_local
 
     torch.set_num_threads(threads)
-    memory_kept = keep_freed_memory()  # as the oracle does; recorded because it changes the time 2-4x
+    memory_kept = keep_freed_memory()  # as the oracle does; recorded because it changes the time 1.8-3.9x
     clips, labels = attack_set.clips(task["model"])
     clip, label = clips[task["index"]], int(labels[task["index"]])
     name, params = parse_spec(task["attack"])
@@ -304,7 +304,7 @@ def table(args: argparse.Namespace) -> None:
               f"| {_time(items)} |")
     print("\n¹ CPU seconds of the run's process (one torch thread), averaged over the cell's runs made with "
           "freed memory kept (core/memory.py, from 2026-11-22); `‡` marks a mean over earlier runs only, made "
-          "under glibc's default malloc, whose forwards were 2-4× slower (`scripts/bench_forward.py`); `w` a "
+          "under glibc's default malloc, whose forwards were 1.8-3.9× slower (`scripts/bench_forward.py`); `w` a "
           "wall-clock mean, from rows recorded before CPU time was, which also counts any time the grid was "
           "paused.")
     print("\n² Runs that succeeded as a job does (worker/attacks/base.py `job_succeeded`): the oracle puts the "

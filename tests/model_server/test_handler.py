@@ -80,4 +80,4 @@ def test_describe(handler: OracleHandler) -> None:
 
 @pytest.mark.skipif(_glibc_mallopt() is None, reason="mallopt is glibc's")
 def test_the_handler_keeps_freed_memory_for_its_forwards(handler: OracleHandler) -> None:
-    assert handler.memory_kept  # core/memory.py: 2-4x faster CPU forwards, same answers
+    assert handler.memory_kept  # core/memory.py: 1.8-3.9x faster CPU forwards, same answers
