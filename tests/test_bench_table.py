@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_attacks.py"
@@ -13,6 +14,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_attacks.py"
 def _bench():  # noqa: ANN202 - the script is not a package module
     spec = importlib.util.spec_from_file_location("bench_attacks", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script loads
     spec.loader.exec_module(module)
     return module
 
@@ -42,3 +44,31 @@ def test_time_is_averaged_over_runs_with_freed_memory_kept_and_marks_older_ones(
     assert time_of(old) == "100.0 ‡"
     walled = [{**r, "cpu_seconds": None, "seconds": 200.0} for r in old]
     assert time_of(walled) == "200.0 w"
+
+
+def test_a_run_stands_by_its_queries_once_it_meets_its_criterion_and_else_by_how_far_it_got():
+    standing = _bench()._standing
+    within, above = _row(True, 900, 2.0, True), _row(True, 100, 5.0, False)
+    assert standing(within) < standing(above)  # the MAP bound met beats fewer queries above it
+    assert standing(above) < standing(_row(True, 100, 7.0, False))  # neither met: the lower MAP
+    assert standing(above) < standing(_row(False, 15_000, 0.0, False))  # no adversarial start at all
+    scored = {"within_map_bound": None, "map": 6.0}
+    fooled = _row(True, 14_000, 6.0, None, **scored)
+    ended_at_eps_20, ended_at_eps_30 = (_row(False, 30_000, 6.0, None, **scored, linf=e) for e in (20, 30))
+    assert standing(fooled) < standing(ended_at_eps_20) < standing(ended_at_eps_30)
+
+
+def test_the_claims_table_counts_each_clip_where_a_paper_s_comparison_held_tied_or_failed(tmp_path, capsys):
+    def run(attack: str, index: int, queries: int, success: bool = True, linf: int = 12) -> dict:
+        return {**_row(success, queries, 3.0, None, within_map_bound=None, linf=linf), "goal": "untargeted",
+                "attack": attack, "index": index}
+    rows = [run("vbad", 0, 500), run("pbad", 0, 900),   # held: fewer queries
+            run("vbad", 1, 800), run("pbad", 1, 600),   # failed
+            run("vbad", 2, 15_000, False), run("pbad", 2, 15_000, False),  # tied: both stayed at ε
+            run("vbad", 3, 700)]  # no P-BAD run on clip 3: not counted
+    results = tmp_path / "attacks.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _bench().table(argparse.Namespace(results=results))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| `vbad` < `pbad` |")
+                and "| untargeted |" in x)
+    assert [c.strip() for c in line.strip("|").split("|")][-2:] == ["1–1–1", "1–1–1"]
