@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench_attacks.py run   [--models mini_c3d] [--attacks vbad astfocus:agents=none]
                                                   [--goal untargeted|targeted|both] [--per-class 1] [--jobs 2]
     .venv/bin/python scripts/bench_attacks.py table [--results benchmarks/attacks.jsonl]
+    .venv/bin/python scripts/bench_attacks.py plot  [--figure benchmarks/grid.png]
 
 `run --via service --url URL --key KEY` runs the same cells as campaigns through the real stack (one
 campaign per model, goal and attack; rows carry `"via": "service"` and the table has a `via` column).
@@ -426,6 +427,81 @@ def _claims_table(rows: list[dict]) -> None:
           "reached (targeted score-based; untargeted ones that failed tie). (MAP): the MAP of clips both fooled.")
 
 
+FIGURE = Path("benchmarks/grid.png")
+
+
+def plot(args: argparse.Namespace) -> None:
+    """Every run of the grid as one point, in four panels: score-based attacks by queries (untargeted)
+    and by the ε they brought down (targeted), hard-label ones by queries against MAP with the bound."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in args.results.read_text().splitlines()]
+    models = sorted({r["model"] for r in rows})
+    colours = dict(zip(models, plt.get_cmap("tab10").colors))
+    figure, axes = plt.subplots(2, 2, figsize=(15, 10))
+    for column, goal in enumerate(["untargeted", "targeted"]):
+        score = [r for r in rows if r["goal"] == goal and r["attack"] in SCORE_ATTACKS]
+        _plot_score_based(axes[0][column], score, goal, models, colours)
+        hard = [r for r in rows if r["goal"] == goal and r["attack"] in DECISION_ATTACKS]
+        _plot_hard_label(axes[1][column], hard, goal, colours)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[m], label=m) for m in models]
+    figure.legend(handles=handles, loc="upper center", ncol=len(models), frameon=False)
+    figure.text(0.5, 0.005, "filled: met its criterion (FR, or the MAP bound for hard-label); hollow: did not",
+                ha="center", fontsize=9)
+    figure.tight_layout(rect=(0, 0.02, 1, 0.96))
+    args.figure.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.figure, dpi=80)
+    print(f"wrote {args.figure} ({len(rows)} runs)")
+
+
+def _met(row: dict) -> bool:
+    return row["success"] if row.get("within_map_bound") is None else row["within_map_bound"]
+
+
+def _plot_score_based(ax, rows: list[dict], goal: str, models: list[str], colours: dict) -> None:  # noqa: ANN001
+    """x: the attack (models side by side), y: queries (untargeted) or the ε reached (targeted)."""
+    targeted = goal == "targeted"
+    for a, attack in enumerate(SCORE_ATTACKS):
+        for m, model in enumerate(models):
+            for row in (r for r in rows if (r["attack"], r["model"]) == (attack, model)):
+                x = a + (m - (len(models) - 1) / 2) * 0.12
+                ax.scatter(x, row["linf"] if targeted else row["queries"], s=30, color=colours[model],
+                           facecolors=colours[model] if _met(row) else "none")
+    ax.set_xticks(range(len(SCORE_ATTACKS)), [_short(a) for a in SCORE_ATTACKS], fontsize=8)
+    if targeted:
+        ax.axhline(12, color="grey", linestyle="--", linewidth=1)
+        ax.set_ylabel("ε reached (uint8 levels; goal 12 = 0.05)")
+    else:
+        ax.set_yscale("log")
+        ax.set_ylabel(f"queries (budget {BUDGETS[goal]:,})")
+    ax.set_title(f"score-based, {goal} ({BUDGETS[goal]:,} queries)")
+
+
+def _short(attack: str) -> str:
+    """AstFocus variants by their agents, on two lines, so that eight labels fit under one panel."""
+    if not attack.startswith("astfocus"):
+        return attack
+    agents = parse_spec(attack)[1]
+    return "astfocus\n" + ("random" if agents.get("random_agents") else agents.get("agents", "both"))
+
+
+def _plot_hard_label(ax, rows: list[dict], goal: str, colours: dict) -> None:  # noqa: ANN001
+    """x: queries, y: the MAP the run ended at; the dashed line is the MAP bound (RLSB Sec. 4.3)."""
+    markers = dict(zip(DECISION_ATTACKS, "osD^vP"))
+    for row in rows:
+        ax.scatter(max(row["queries"], 1), row["map"], s=40, marker=markers[row["attack"]],
+                   color=colours[row["model"]], facecolors=colours[row["model"]] if _met(row) else "none")
+    ax.axhline(9 if goal == "targeted" else 3, color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("queries")
+    ax.set_ylabel("MAP (uint8 levels)")
+    ax.legend(handles=[ax.scatter([], [], marker=k, color="black", label=a) for a, k in markers.items()],
+              fontsize=8, loc="best")
+    ax.set_title(f"hard-label and transfer, {goal} (MAP bound {9 if goal == 'targeted' else 3})")
+
+
 PROBE_TRACE_KEYS = ("iterations", "stopped", "initial_queries", "map_curve", "key_frames", "frames_kept",
                     "spatial_stage", "spatial_dropped", "epsilon_levels")
 
@@ -474,6 +550,9 @@ def main() -> None:
     runner.add_argument("--key", default=os.environ.get("VAAS_API_KEY"))
     shower = sub.add_parser("table", help="print the markdown table of a results file")
     shower.add_argument("--results", type=Path, default=RESULTS)
+    plotter = sub.add_parser("plot", help="draw every run of a results file (PNG)")
+    plotter.add_argument("--results", type=Path, default=RESULTS)
+    plotter.add_argument("--figure", type=Path, default=FIGURE)
     prober = sub.add_parser("probe", help="one attack on one clip, in process")
     prober.add_argument("--model", default="mini_c3d")
     prober.add_argument("--clip", default="sample", help="attack-set index, or 'sample'")
@@ -482,7 +561,7 @@ def main() -> None:
     prober.add_argument("--target", type=int)
     args = parser.parse_args()
     started = time.monotonic()
-    {"run": run, "table": table, "probe": probe}[args.action](args)
+    {"run": run, "table": table, "plot": plot, "probe": probe}[args.action](args)
     if args.action == "run":
         print(f"done in {time.monotonic() - started:.0f} s")
 

@@ -72,3 +72,13 @@ def test_the_claims_table_counts_each_clip_where_a_paper_s_comparison_held_tied_
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| `vbad` < `pbad` |")
                 and "| untargeted |" in x)
     assert [c.strip() for c in line.strip("|").split("|")][-2:] == ["1–1–1", "1–1–1"]
+
+
+def test_the_plot_draws_every_run_of_a_results_file(tmp_path):
+    rows = [_row(True, 300, 2.0, True, goal="untargeted"), _row(False, 30_000, 12.0, False),
+            {**_row(True, 900, 5.0, None, within_map_bound=None), "attack": "vbad", "goal": "untargeted"},
+            {**_row(False, 30_000, 5.0, None, within_map_bound=None, linf=30), "attack": "astfocus:agents=none"}]
+    results, figure = tmp_path / "attacks.jsonl", tmp_path / "grid.png"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _bench().plot(argparse.Namespace(results=results, figure=figure))
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
