@@ -285,8 +285,21 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
+def progress(rows: list[dict], cells_per_clip: int) -> str:
+    """How far a breadth-first grid got: runs per attack-set clip, each clip complete at
+    `cells_per_clip` (attacks × models × goals)."""
+    per_clip: dict[int, int] = {}
+    for row in rows:
+        per_clip[row["index"]] = per_clip.get(row["index"], 0) + 1
+    parts = [f"clip {index}: {count} of {cells_per_clip}" + (" (complete)" if count >= cells_per_clip else "")
+             for index, count in sorted(per_clip.items())]
+    return f"{len(rows)} runs; " + "; ".join(parts)
+
+
 def table(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in args.results.read_text().splitlines()]
+    cells = len(DEFAULT_ATTACKS) * len({r["model"] for r in rows}) * len({r["goal"] for r in rows})
+    print(f"Progress: {progress(rows, cells)}\n")
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["goal"], row["attack"], row.get("via", "inprocess")), []).append(row)

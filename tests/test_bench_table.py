@@ -82,3 +82,9 @@ def test_the_plot_draws_every_run_of_a_results_file(tmp_path):
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     _bench().plot(argparse.Namespace(results=results, figure=figure))
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_counts_the_runs_of_each_clip_against_a_full_round():
+    rows = [_row(True, 100, 8.0, True, index=0), _row(True, 100, 8.0, True, index=0),
+            _row(True, 100, 8.0, True, index=2)]
+    assert _bench().progress(rows, 2) == "3 runs; clip 0: 2 of 2 (complete); clip 2: 1 of 2"
