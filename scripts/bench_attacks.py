@@ -516,7 +516,8 @@ def _plot_hard_label(ax, rows: list[dict], goal: str, colours: dict) -> None:  #
 
 
 PROBE_TRACE_KEYS = ("iterations", "stopped", "initial_queries", "map_curve", "key_frames", "frames_kept",
-                    "spatial_stage", "spatial_dropped", "epsilon_levels")
+                    "spatial_stage", "spatial_dropped", "epsilon_levels", "alpha_levels", "decay_levels",
+                    "shrinks", "same_eps_kept", "same_eps_lost")
 
 
 def probe(args: argparse.Namespace) -> None:

@@ -1,5 +1,5 @@
-"""V-BAD's pure pieces: partitions (Eq. 3), rectification (Eq. 5), Algorithm 2's transformed loss,
-the targeted schedule of Sec. 4.1, and the attack loop on a toy oracle (budget, determinism)."""
+"""V-BAD's pure pieces: partitions (Eq. 3), rectification (Eq. 5), Algorithm 2's transformed loss
+and the attack loop on a toy oracle (budget, determinism)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +12,6 @@ from worker.attacks.vbad import (
     Srbad,
     Vbad,
     VbadParams,
-    _TargetedSchedule,
     pixel_partition,
     random_partition,
     rectify,
@@ -62,26 +61,6 @@ def test_transformed_loss_ranks_kept_samples_and_punishes_lost_ones_equally():
     assert ranked[2] == ranked[4] == 0.5  # Algorithm 2: losing the target is the worst outcome
     assert ranked[1] < ranked[3] < ranked[0] < 0.5
     assert ranked.min() == -0.5
-
-
-def test_targeted_schedule_halves_alpha_on_mostly_failed_tries_and_decay_after_patience():
-    schedule = _TargetedSchedule(alpha=8.0, decay=8, patience=3, window=4)
-    for kept in (True, False, False, False):
-        schedule.step_tried(kept)
-    assert schedule.alpha == 4.0
-    for _ in range(3):
-        schedule.shrink_failed()
-    assert schedule.decay == 4
-    schedule.shrink_failed()
-    schedule.shrink_succeeded()  # a success resets the count
-    for _ in range(2):
-        schedule.shrink_failed()
-    assert schedule.decay == 4
-    tiny = _TargetedSchedule(alpha=1.0, decay=1, patience=1, window=2)
-    for _ in range(2):
-        tiny.step_tried(False)
-    tiny.shrink_failed()
-    assert tiny.alpha == 1.0 and tiny.decay == 1  # never below one uint8 level
 
 
 @pytest.mark.parametrize("variant", [Srbad(Srbad.Params()), Pbad(PbadParams()),

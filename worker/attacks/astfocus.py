@@ -16,7 +16,9 @@ What this implementation does where the paper is silent or cannot apply as writt
 - Targeted attacks cannot follow P(target) from the clean clip under a top-1 oracle (it is not shown
   until the target is top-1), so a targeted AstFocus starts, like targeted NES+PGD and V-BAD, from an
   attacker-owned clip of the target class at a large ε and shrinks ε around the clean clip while the
-  focused NES/PGD steps keep the target top-1 (Ilyas et al.'s partial-information scheme, k = 1).
+  focused NES/PGD steps keep the target top-1 (Ilyas et al.'s partial-information scheme, k = 1, as
+  V-BAD's Algorithm 1 writes it: a step that cannot shrink ε is tried at the current ε;
+  attacks/shrinking_ball.py). The common reward then scores the last clip tried.
 - EdgeBoxes reward (Eq. 7-8). OpenCV's EdgeBoxes (ximgproc) scores proposals, not given boxes; it runs
   once per clean frame on an edge map computed here (Canny-thinned Sobel magnitude, gradient
   orientation), and a candidate patch's objectness is max over proposals of score × IoU(proposal,
@@ -47,7 +49,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from worker.attacks.base import Attack, AttackContext, AttackParams, targeted_start
+from worker.attacks.base import Attack, AttackContext, targeted_start
 from worker.attacks.primitives import (
     antithetic_noise,
     in_levels,
@@ -56,11 +58,12 @@ from worker.attacks.primitives import (
     project_linf,
     to_levels,
 )
+from worker.attacks.shrinking_ball import ShrinkingBallParams, ShrinkSchedule, shrink_or_step
 
 Agents = Literal["both", "spatial", "temporal", "none"]
 
 
-class AstFocusParams(AttackParams):
+class AstFocusParams(ShrinkingBallParams):
     epsilon: float = Field(0.05, gt=0, le=1, description="L∞ bound on [0, 1].")
     learning_rate: float = Field(0.01, gt=0, le=0.5, description="PGD step α on [0, 1] (Eq. 1).")
     samples: int = Field(60, ge=2, le=480, description="NES samples n per estimate (Eq. 2; paper: 60).")
@@ -83,9 +86,6 @@ class AstFocusParams(AttackParams):
     ppo_epochs: int = Field(4, ge=1, le=50, description="PPO gradient steps per PGD iteration.")
     ppo_memory: int = Field(8, ge=1, le=256, description="Recent iterations each PPO update learns from.")
     max_iterations: int = Field(100_000, ge=1, description="PGD iterations T at most (the budget also stops it).")
-    targeted_start_epsilon: float = Field(1.0, gt=0, le=1, description="Targeted: ε of the starting clip.")
-    epsilon_decay: float = Field(0.01, gt=0, le=0.5, description="Targeted: initial ε shrink per step.")
-    reference_scan: int = Field(8, ge=1, le=256, description="Targeted: reference clips scanned for a start.")
 
     def probe(self, targeted: bool) -> float:
         if self.sigma is not None:
@@ -531,30 +531,21 @@ class AstFocus(Attack):
     # ------------------------------------------------------------------ targeted (partial information)
     def _run_targeted(self, ctx: AttackContext, agents: FocusAgents) -> None:
         p = self.params
-        goal_eps, lr = to_levels(p.epsilon), in_levels(p.learning_rate)
-        decay = max(1, to_levels(p.epsilon_decay))
+        goal_eps = to_levels(p.epsilon)
         x, eps, score = targeted_start(ctx, to_levels(p.targeted_start_epsilon), p.reference_scan, self.name)
         if x is None:
             ctx.trace["stopped"] = "no reference clip was classified as the target"
             return
+        schedule = ShrinkSchedule.from_params(p, p.learning_rate)
         for _ in range(p.max_iterations):
-            stepped, focus = self._focused_step(ctx, agents, x, eps, lr)
-            trial_eps = max(goal_eps, eps - decay)
-            candidate = project_linf(stepped, ctx.clean, trial_eps)
-            answer = ctx.oracle.query(candidate[None])[0]
+            ctx.trace.update(schedule.trace(eps))
+            if eps <= goal_eps:
+                return
+            stepped, focus = self._focused_step(ctx, agents, x, eps, schedule.alpha)
+            x, eps, kept, answer = shrink_or_step(ctx, x, stepped, eps, goal_eps, schedule)
             new_score = ctx.goal.score(answer)
-            if ctx.goal.is_met(answer["label"]):
-                x, eps = candidate, trial_eps
-                ctx.trace["epsilon_levels"] = eps
-                ctx.tracker.offer(x, new_score, success=eps <= goal_eps, answer=answer, distance=eps)
-                if eps <= goal_eps:
-                    return
-            elif decay > 1:
-                decay = max(1, decay // 2)
-            else:
-                lr = max(1.0, lr / 2)
-            agents.learn(focus, *agents.rewards(focus, common_reward(score, new_score)))
-            score = new_score if ctx.goal.is_met(answer["label"]) else score
+            agents.learn(focus, *agents.rewards(focus, common_reward(score, new_score)))  # Eq. 10
+            score = new_score if kept else score
 
 
 def _backbone_overlap(victim: str) -> str | None:

@@ -4,9 +4,9 @@ limited queries and information"), applied to every pixel of every frame.
 Untargeted (the paper's query-limited setting): from the clean clip, estimate ∇loss with antithetic
 NES, step x ← Π_ε(x − η·sign(g)), repeat. Targeted under a top-1 oracle (the paper's
 partial-information setting with k = 1): start from an attacker-owned clip of the target class at a
-large ε and alternately (a) step along the NES estimate to raise the target's probability and
-(b) shrink ε around the clean clip, halving the shrink when the target stops being top-1; success is
-the target held at top-1 once ε reaches the requested bound.
+large ε, then after every NES estimate try the step in a smaller ball around the clean clip, else the
+same step at the current ε (attacks/shrinking_ball.py, shared with V-BAD and AstFocus); success is the
+target held at top-1 once ε reaches the requested bound.
 
 Top-1 adaptation: the loss is −score of attacks/base.Goal (−p(source) … +p(top-1)). Quantization: each
 sample x + σu is rounded to uint8 and projected before it is sent, so σ and η must be at least one
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from worker.attacks.base import Attack, AttackContext, AttackParams, targeted_start
+from worker.attacks.base import Attack, AttackContext, targeted_start
 from worker.attacks.primitives import (
     antithetic_noise,
     in_levels,
@@ -26,18 +26,16 @@ from worker.attacks.primitives import (
     project_linf,
     to_levels,
 )
+from worker.attacks.shrinking_ball import ShrinkingBallParams, ShrinkSchedule, shrink_or_step
 
 
-class NesPgdParams(AttackParams):
+class NesPgdParams(ShrinkingBallParams):
     epsilon: float = Field(0.05, gt=0, le=1, description="L∞ bound on [0, 1] (12 of 255 levels).")
     sigma: float = Field(0.01, gt=0, le=0.5, description="NES search variance on [0, 1].")
     population: int = Field(48, ge=2, le=480, description="NES samples per estimate (antithetic pairs × 2).")
     learning_rate: float = Field(0.01, gt=0, le=0.5, description="PGD sign-step size η on [0, 1].")
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum on the gradient estimate (0 = off).")
     max_iterations: int = Field(10_000, ge=1, description="PGD iterations at most (the budget also stops it).")
-    targeted_start_epsilon: float = Field(1.0, gt=0, le=1, description="Targeted: ε of the starting clip.")
-    epsilon_decay: float = Field(0.01, gt=0, le=0.5, description="Targeted: initial ε shrink per step.")
-    reference_scan: int = Field(8, ge=1, le=256, description="Targeted: reference clips scanned for a start.")
 
 
 class NesPgd(Attack):
@@ -76,28 +74,13 @@ class NesPgd(Attack):
         )
         if x is None:
             return
-        decay = max(1, to_levels(p.epsilon_decay))
-        lr = in_levels(p.learning_rate)
-        for _ in range(p.max_iterations):
+        schedule = ShrinkSchedule.from_params(p, p.learning_rate)
+        for iteration in range(1, p.max_iterations + 1):
+            ctx.trace.update(iterations=iteration, **schedule.trace(eps))
+            if eps <= goal_eps:
+                return
             gradient, _ = self._estimate(ctx, x, eps)
-            stepped = x - lr * np.sign(gradient)
-            accepted = False
-            while not accepted:
-                trial_eps = max(goal_eps, eps - decay)
-                candidate = project_linf(stepped, ctx.clean, trial_eps)
-                answer = ctx.oracle.query(candidate[None])[0]
-                accepted = ctx.goal.is_met(answer["label"])
-                if accepted:
-                    x, eps = candidate, trial_eps
-                    ctx.tracker.offer(x, ctx.goal.score(answer), success=eps <= goal_eps, answer=answer,
-                                      distance=eps)
-                    if eps <= goal_eps:
-                        return
-                elif decay > 1:
-                    decay = max(1, decay // 2)  # shrink ε more gently next time
-                else:
-                    lr = max(1.0, lr / 2)  # even keeping ε, the step overshot: smaller steps
-                    break
+            x, eps, _, _ = shrink_or_step(ctx, x, x - schedule.alpha * np.sign(gradient), eps, goal_eps, schedule)
 
     # ------------------------------------------------------------------ shared steps
     def _estimate(self, ctx: AttackContext, x: np.ndarray, eps: int) -> tuple[np.ndarray, bool]:

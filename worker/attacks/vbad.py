@@ -36,7 +36,8 @@ What this implementation decides where the paper is silent or cannot apply as wr
   paper halves α "if the ratio of failing to maintain the adversarial class is higher than 50%" and
   halves Δε "if we fail to reduce ε after 100 times". Here: α halves when more than half of the last
   `failure_window` same-ε tries of Algorithm 1 lost the target, and Δε halves after `decay_patience`
-  consecutive failed ε reductions; both stop at one uint8 level. Initial Δε = 0.02 (unspecified).
+  consecutive failed ε reductions; both stop at one uint8 level. Initial Δε = 0.02 (unspecified). The
+  loop is attacks/shrinking_ball.py, shared with the targeted AstFocus and NES+PGD.
 """
 from __future__ import annotations
 
@@ -48,15 +49,16 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from worker.attacks.base import Attack, AttackContext, AttackParams, targeted_start
+from worker.attacks.base import Attack, AttackContext, targeted_start
 from worker.attacks.primitives import antithetic_noise, in_levels, nes_gradient, project_linf, to_levels
+from worker.attacks.shrinking_ball import ShrinkingBallParams, ShrinkSchedule, shrink_or_step
 
 ImageModel = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 Tentative = Literal["transferred", "static", "random"]
 PartitionKind = Literal["uniform", "random", "pixel"]
 
 
-class VbadParams(AttackParams):
+class VbadParams(ShrinkingBallParams):
     epsilon: float = Field(0.05, gt=0, le=1, description="L∞ bound ε_adv on [0, 1] (paper: 0.05).")
     tentative: Tentative = Field(
         "transferred",
@@ -81,11 +83,6 @@ class VbadParams(AttackParams):
     )
     learning_rate: float = Field(0.01, gt=0, le=0.5, description="PGD step α on [0, 1].")
     max_iterations: int = Field(100_000, ge=1, description="PGD steps at most (the budget also stops it).")
-    targeted_start_epsilon: float = Field(1.0, gt=0, le=1, description="Targeted: starting ε (Algorithm 1).")
-    epsilon_decay: float = Field(0.02, gt=0, le=0.5, description="Targeted: initial Δε on [0, 1].")
-    decay_patience: int = Field(100, ge=1, description="Targeted: failed ε reductions before Δε halves.")
-    failure_window: int = Field(10, ge=2, description="Targeted: recent tries over which α's 50% rule counts.")
-    reference_scan: int = Field(8, ge=1, le=256, description="Targeted: reference clips scanned for a start.")
 
     def probe(self, targeted: bool) -> float:
         if self.sigma is not None:
@@ -307,65 +304,14 @@ class Vbad(Attack):
             return
         if self._tentative is not None:
             self._tentative.set_target_clip(x)  # r_n = f̃_l(x'_n) of the target-class clip
-        schedule = _TargetedSchedule(
-            alpha=in_levels(p.learning_rate), decay=max(1, to_levels(p.epsilon_decay)),
-            patience=p.decay_patience, window=p.failure_window,
-        )
+        schedule = ShrinkSchedule.from_params(p, p.learning_rate)
         for iteration in range(1, p.max_iterations + 1):
-            ctx.trace.update(iterations=iteration, epsilon_levels=eps, alpha_levels=schedule.alpha,
-                             decay_levels=schedule.decay)
+            ctx.trace.update(iterations=iteration, **schedule.trace(eps))
             if eps <= goal_eps:
                 return
             gradient, _ = self._rectified_gradient(ctx, x, eps)
             stepped = x - schedule.alpha * np.sign(gradient)
-            reduced = max(goal_eps, eps - schedule.decay)
-            candidate = project_linf(stepped, ctx.clean, reduced)
-            if self._try(ctx, candidate, reduced, goal_eps):
-                x, eps = candidate, reduced
-                schedule.shrink_succeeded()
-                continue
-            schedule.shrink_failed()
-            candidate = project_linf(stepped, ctx.clean, eps)
-            kept = self._try(ctx, candidate, eps, goal_eps)
-            if kept:
-                x = candidate
-            schedule.step_tried(kept)
-
-    def _try(self, ctx: AttackContext, candidate: np.ndarray, eps: int, goal_eps: int) -> bool:
-        """Query a candidate in the ε ball; one that keeps the target is offered at its ε."""
-        answer = ctx.oracle.query(candidate[None])[0]
-        kept = ctx.goal.is_met(answer["label"])
-        if kept:
-            ctx.tracker.offer(candidate, ctx.goal.score(answer), success=eps <= goal_eps, answer=answer,
-                              distance=eps)
-        return kept
-
-
-@dataclass
-class _TargetedSchedule:
-    """Sec. 4.1's dynamic α and Δε (in uint8 levels, never below one level)."""
-
-    alpha: float
-    decay: int
-    patience: int
-    window: int
-
-    def __post_init__(self) -> None:
-        self.failed_shrinks = 0
-        self.recent: list[bool] = []
-
-    def shrink_succeeded(self) -> None:
-        self.failed_shrinks = 0
-
-    def shrink_failed(self) -> None:
-        self.failed_shrinks += 1
-        if self.failed_shrinks >= self.patience:
-            self.decay, self.failed_shrinks = max(1, self.decay // 2), 0
-
-    def step_tried(self, kept: bool) -> None:
-        self.recent = [*self.recent[-(self.window - 1):], kept]
-        if len(self.recent) == self.window and self.recent.count(False) > self.window / 2:
-            self.alpha, self.recent = max(1.0, self.alpha / 2), []
+            x, eps, _, _ = shrink_or_step(ctx, x, stepped, eps, goal_eps, schedule)  # Algorithm 1: ε − Δε, else ε
 
 
 class PbadParams(VbadParams):

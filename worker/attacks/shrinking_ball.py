@@ -1,0 +1,106 @@
+"""Targeted score-based attacks under a top-1 oracle: the shrinking ball, written once.
+
+A top-1 oracle shows p(target) only while the target is top-1, so a targeted score-based attack
+cannot climb towards the target from the clean clip. It starts instead from an attacker-owned clip of
+the target class at a large ε (base.targeted_start) and shrinks the L∞ ball around the clean clip
+while its steps keep the target top-1: Ilyas et al.'s partial-information scheme with k = 1, in the
+form V-BAD gives it (its Algorithm 1 and Sec. 4.1). V-BAD, AstFocus and NES+PGD share it; each
+supplies its own gradient estimate. After the estimate, one iteration:
+
+1. tries the step inside the smaller ball ε − Δε; if the target stays top-1, x and ε move there;
+2. otherwise tries the same step at the current ε, and keeps it if the target stays top-1.
+
+Step 2 is what lets x gain margin at a fixed ε. Without it, once Δε is down to one level, every
+iteration whose shrink fails throws its estimate away, and a run stalls far above the goal ε (the
+grid's first targeted AstFocus rows did; BENCHMARKS.md).
+
+Schedules (V-BAD Sec. 4.1: α halves "if the ratio of failing to maintain the adversarial class is
+higher than 50%", Δε halves "if we fail to reduce ε after 100 times"): α halves when more than half of
+the last `failure_window` same-ε tries lost the target; Δε halves after `decay_patience` consecutive
+failed reductions; both stop at one uint8 level.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import Field
+
+from model_server.protocol import Prediction
+from worker.attacks.base import AttackContext, AttackParams
+from worker.attacks.primitives import in_levels, project_linf, to_levels
+
+
+class ShrinkingBallParams(AttackParams):
+    """The targeted schedule's parameters, shared by every attack that uses it."""
+
+    targeted_start_epsilon: float = Field(1.0, gt=0, le=1, description="Targeted: ε of the starting clip.")
+    epsilon_decay: float = Field(
+        0.02, gt=0, le=0.5, description="Targeted: initial Δε (ε shrink per step) on [0, 1]; unspecified by V-BAD."
+    )
+    decay_patience: int = Field(100, ge=1, description="Targeted: failed ε reductions before Δε halves.")
+    failure_window: int = Field(10, ge=2, description="Targeted: recent same-ε tries over which α's 50% rule counts.")
+    reference_scan: int = Field(8, ge=1, le=256, description="Targeted: reference clips scanned for a start.")
+
+
+@dataclass
+class ShrinkSchedule:
+    """α and Δε in uint8 levels, never below one level, and what the tries did (for the trace)."""
+
+    alpha: float
+    decay: int
+    patience: int
+    window: int
+    counts: dict[str, int] = field(default_factory=lambda: {"shrinks": 0, "same_eps_kept": 0, "same_eps_lost": 0})
+
+    def __post_init__(self) -> None:
+        self.failed_shrinks = 0
+        self.recent: list[bool] = []
+
+    @classmethod
+    def from_params(cls, params: ShrinkingBallParams, learning_rate: float) -> ShrinkSchedule:
+        return cls(alpha=in_levels(learning_rate), decay=max(1, to_levels(params.epsilon_decay)),
+                   patience=params.decay_patience, window=params.failure_window)
+
+    def shrink_succeeded(self) -> None:
+        self.failed_shrinks = 0
+        self.counts["shrinks"] += 1
+
+    def shrink_failed(self) -> None:
+        self.failed_shrinks += 1
+        if self.failed_shrinks >= self.patience:
+            self.decay, self.failed_shrinks = max(1, self.decay // 2), 0
+
+    def step_tried(self, kept: bool) -> None:
+        self.counts["same_eps_kept" if kept else "same_eps_lost"] += 1
+        self.recent = [*self.recent[-(self.window - 1):], kept]
+        if len(self.recent) == self.window and self.recent.count(False) > self.window / 2:
+            self.alpha, self.recent = max(1.0, self.alpha / 2), []
+
+    def trace(self, eps: int) -> dict:
+        return {"epsilon_levels": eps, "alpha_levels": self.alpha, "decay_levels": self.decay, **self.counts}
+
+
+def try_in_ball(ctx: AttackContext, candidate: np.ndarray, eps: int, goal_eps: int) -> tuple[bool, Prediction]:
+    """One counted query; a candidate that keeps the target is offered to the tracker at its ε."""
+    answer = ctx.oracle.query(candidate[None])[0]
+    kept = ctx.goal.is_met(answer["label"])
+    if kept:
+        ctx.tracker.offer(candidate, ctx.goal.score(answer), success=eps <= goal_eps, answer=answer, distance=eps)
+    return kept, answer
+
+
+def shrink_or_step(ctx: AttackContext, x: np.ndarray, stepped: np.ndarray, eps: int, goal_eps: int,
+                   schedule: ShrinkSchedule) -> tuple[np.ndarray, int, bool, Prediction]:
+    """Steps 1-2 above for one gradient step: (x, ε, whether the target was kept, the last answer)."""
+    reduced = max(goal_eps, eps - schedule.decay)
+    candidate = project_linf(stepped, ctx.clean, reduced)
+    kept, answer = try_in_ball(ctx, candidate, reduced, goal_eps)
+    if kept:
+        schedule.shrink_succeeded()
+        return candidate, reduced, True, answer
+    schedule.shrink_failed()
+    candidate = project_linf(stepped, ctx.clean, eps)
+    kept, answer = try_in_ball(ctx, candidate, eps, goal_eps)
+    schedule.step_tried(kept)
+    return (candidate if kept else x), eps, kept, answer
