@@ -61,7 +61,8 @@ DEFAULT_ATTACKS = SCORE_ATTACKS + DECISION_ATTACKS
 EXTRA_ATTACKS = ["vbad:tentative=static", "vbad:tentative=random", "vbad:partition=random"]
 BUDGETS = {"untargeted": 15_000, "targeted": 30_000}
 # Scalars of an attack's trace worth keeping with its row (why it stopped, where ε ended, …).
-ROW_TRACE_KEYS = ("stopped", "epsilon_levels", "initial_queries", "spatial_stage", "spatial_dropped", "key_frames")
+ROW_TRACE_KEYS = ("stopped", "epsilon_levels", "initial_queries", "spatial_stage", "spatial_dropped", "key_frames",
+                  "alpha_levels", "decay_levels", "shrinks", "same_eps_kept", "same_eps_lost")
 # Tracked in git: the grid takes days of CPU, so every session resumes where the last one stopped.
 RESULTS = Path("benchmarks/attacks.jsonl")
 
