@@ -444,6 +444,30 @@ def _claims_table(rows: list[dict]) -> None:
 FIGURE = Path("benchmarks/grid.png")
 
 
+def cost(args: argparse.Namespace) -> None:
+    """CPU-hours: round 0 as recorded, and a round at today's speed (each cell's mean over its runs with
+    freed memory kept, from any clip; its older runs where it has none), AstFocus's share of it."""
+    rows = [json.loads(line) for line in args.results.read_text().splitlines()]
+    cells: dict[tuple[str, str, str], list[dict]] = {}
+    for row in rows:
+        cells.setdefault((row["model"], row["goal"], row["attack"]), []).append(row)
+
+    def cpu(row: dict) -> float:
+        return row.get("cpu_seconds") or row["seconds"]
+
+    per_cell = {key: [cpu(r) for r in ([r for r in group if r.get("memory_kept")] or group)]
+                for key, group in cells.items()}
+    mean = {key: sum(v) / len(v) for key, v in per_cell.items()}
+    astfocus = [key for key in mean if key[2].startswith("astfocus")]
+    ablations = [key for key in astfocus if key[1] == "targeted" and key[2] != "astfocus"]
+    first = [r for r in rows if r["index"] == 0]
+    print(f"round 0 as recorded: {sum(map(cpu, first)) / 3600:.1f} CPU-hours "
+          f"({sum(1 for r in first if r.get('memory_kept'))} of {len(first)} runs with freed memory kept)")
+    print(f"a round at today's speed: {sum(mean.values()) / 3600:.1f} CPU-hours over {len(mean)} cells; "
+          f"AstFocus {sum(mean[k] for k in astfocus) / 3600:.1f}, "
+          f"its targeted ablations {sum(mean[k] for k in ablations) / 3600:.1f}")
+
+
 def plot(args: argparse.Namespace) -> None:
     """Every run of the grid as one point, in four panels: score-based attacks by queries (untargeted)
     and by the ε they brought down (targeted), hard-label ones by queries against MAP with the bound."""
@@ -565,6 +589,8 @@ def main() -> None:
     runner.add_argument("--key", default=os.environ.get("VAAS_API_KEY"))
     shower = sub.add_parser("table", help="print the markdown table of a results file")
     shower.add_argument("--results", type=Path, default=RESULTS)
+    coster = sub.add_parser("cost", help="CPU-hours of round 0 and of a round at today's speed")
+    coster.add_argument("--results", type=Path, default=RESULTS)
     plotter = sub.add_parser("plot", help="draw every run of a results file (PNG)")
     plotter.add_argument("--results", type=Path, default=RESULTS)
     plotter.add_argument("--figure", type=Path, default=FIGURE)
@@ -576,7 +602,7 @@ def main() -> None:
     prober.add_argument("--target", type=int)
     args = parser.parse_args()
     started = time.monotonic()
-    {"run": run, "table": table, "plot": plot, "probe": probe}[args.action](args)
+    {"run": run, "table": table, "cost": cost, "plot": plot, "probe": probe}[args.action](args)
     if args.action == "run":
         print(f"done in {time.monotonic() - started:.0f} s")
 
