@@ -3,34 +3,45 @@ shared by V-BAD, AstFocus and NES+PGD. Pure logic against scripted answers."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from model_server.protocol import Prediction
 from worker.attacks.base import AttackContext, Best, Goal, Tracker
-from worker.attacks.shrinking_ball import ShrinkSchedule, shrink_or_step
+from worker.attacks.shrinking_ball import (
+    ShrinkingBallParams,
+    ShrinkSchedule,
+    Start,
+    shrink_or_step,
+    shrink_to_goal,
+    start_in_target_class,
+)
 
 CLEAN = np.full((2, 4, 4, 3), 100, dtype=np.uint8)
 TARGET = 1
 
 
 class ScriptedOracle:
-    """Answers the target or not by a script, one entry per clip; records the clips' L∞ radii."""
+    """Answers the target or not by a script, one entry per clip (with the answer's probability, 0.9 if
+    not scripted); records the clips' L∞ radii."""
 
-    def __init__(self, script: list[bool]) -> None:
+    def __init__(self, script: list[bool], probabilities: list[float] | None = None) -> None:
         self.script, self.radii = list(script), []
+        self.probabilities = list(probabilities or [0.9] * len(script))
 
     def query(self, clips: np.ndarray, partial: bool = False) -> list[Prediction]:
         answers = []
         for clip in clips:
             self.radii.append(int(np.abs(clip.astype(np.int16) - CLEAN).max()))
             label = TARGET if self.script.pop(0) else 0
-            answers.append(Prediction(label=label, label_name=str(label), probability=0.9))
+            answers.append(Prediction(label=label, label_name=str(label), probability=self.probabilities.pop(0)))
         return answers
 
 
 def _context(oracle: ScriptedOracle) -> AttackContext:
     goal = Goal(source_label=0, target_label=TARGET)
     tracker = Tracker(best=Best(clip=CLEAN, score=-0.9, success=False))
-    return AttackContext(clean=CLEAN, oracle=oracle, goal=goal, tracker=tracker, rng=np.random.default_rng(0))
+    return AttackContext(clean=CLEAN, oracle=oracle, goal=goal, tracker=tracker, rng=np.random.default_rng(0),
+                         reference_clips=lambda label, n: np.stack([CLEAN + 120] * n))
 
 
 def _schedule() -> ShrinkSchedule:
@@ -87,3 +98,54 @@ def test_schedule_halves_alpha_on_mostly_failed_tries_and_decay_after_patience()
         tiny.step_tried(False)
     tiny.shrink_failed()
     assert tiny.alpha == 1.0 and tiny.decay == 1  # never below one uint8 level
+
+
+# ε from 40 levels down to the goal's 12 in steps of Δε = 10 levels; α = 2.55 levels
+PARAMS = ShrinkingBallParams(epsilon=0.05, epsilon_decay=0.04, learning_rate=0.01)
+
+
+def _climbing_estimate(calls: list[int]):
+    """A gradient estimate that always points up (−1 everywhere) and says which call it was."""
+    def estimate(x: np.ndarray, eps: int) -> tuple[np.ndarray, int]:
+        calls.append(eps)
+        return -np.ones(x.shape, dtype=np.float32), len(calls)
+    return estimate
+
+
+def test_the_loop_shrinks_to_the_goal_and_scores_only_what_it_kept():
+    #       shrink→30  shrink→20, same ε 30: both lost   shrink→20 lost, 30 kept   →20   →12 (goal)
+    oracle = ScriptedOracle([True, False, False, False, True, True, True], [0.5, 0.3, 0.2, 0.3, 0.6, 0.7, 0.8])
+    ctx, calls, learned = _context(oracle), [], []
+    shrink_to_goal(ctx, PARAMS, Start(CLEAN + 40, 40, 0.4), _climbing_estimate(calls),
+                   lambda chosen, before, after: learned.append((chosen, before, after)))
+    assert oracle.radii == [30, 20, 30, 20, 30, 20, 12]  # every try is one counted query
+    assert calls == [40, 30, 30, 30, 20]  # one estimate per iteration, at the current ε
+    assert learned == [(1, 0.4, 0.5), (2, 0.5, -0.2), (3, 0.5, 0.6), (4, 0.6, 0.7), (5, 0.7, 0.8)]
+    assert ctx.trace == {"iterations": 5, "epsilon_levels": 12, "alpha_levels": pytest.approx(2.55),
+                         "decay_levels": 10, "shrinks": 3, "same_eps_kept": 1, "same_eps_lost": 1}
+    assert ctx.tracker.best.success and ctx.tracker.best.distance == 12
+
+
+def test_the_loop_traces_where_max_iterations_stopped_it():
+    oracle = ScriptedOracle([True, True])
+    ctx = _context(oracle)
+    shrink_to_goal(ctx, PARAMS.model_copy(update={"max_iterations": 2}), Start(CLEAN + 40, 40, 0.4),
+                   _climbing_estimate([]))
+    assert ctx.trace["iterations"] == 2 and ctx.trace["epsilon_levels"] == 20
+    assert not ctx.tracker.best.success
+
+
+def test_the_start_is_the_first_reference_clip_in_the_target_class():
+    oracle = ScriptedOracle([False, True])
+    ctx = _context(oracle)
+    start = start_in_target_class(ctx, PARAMS.model_copy(update={"targeted_start_epsilon": 0.4}), "nes_pgd")
+    assert start is not None and start.epsilon == 102 and start.score == 0.9
+    assert oracle.radii == [102, 102] and "stopped" not in ctx.trace  # both scan queries counted
+
+
+def test_no_reference_clip_in_the_target_class_stops_the_attack_with_a_reason():
+    oracle = ScriptedOracle([False] * 8)
+    ctx = _context(oracle)
+    assert start_in_target_class(ctx, PARAMS, "vbad") is None
+    assert len(oracle.radii) == PARAMS.reference_scan
+    assert ctx.trace["stopped"] == "no reference clip was classified as the target"

@@ -49,7 +49,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from worker.attacks.base import Attack, AttackContext, targeted_start
+from worker.attacks.base import Attack, AttackContext
 from worker.attacks.primitives import (
     antithetic_noise,
     in_levels,
@@ -58,7 +58,7 @@ from worker.attacks.primitives import (
     project_linf,
     to_levels,
 )
-from worker.attacks.shrinking_ball import ShrinkingBallParams, ShrinkSchedule, shrink_or_step
+from worker.attacks.shrinking_ball import ShrinkingBallParams, shrink_to_goal, start_in_target_class
 
 Agents = Literal["both", "spatial", "temporal", "none"]
 
@@ -469,10 +469,10 @@ class AstFocus(Attack):
         else:
             self._run_untargeted(ctx, agents)
 
-    # ------------------------------------------------------------------ one focused NES + PGD step
-    def _focused_step(self, ctx: AttackContext, agents: FocusAgents, x: np.ndarray, eps: int,
-                      lr: float) -> tuple[np.ndarray | None, Focus]:
-        """NES on the focused sub-video (Eq. 2), then the PGD step there (Eq. 1); None = goal met."""
+    # ------------------------------------------------------------------ one focused NES estimate
+    def _focused_gradient(self, ctx: AttackContext, agents: FocusAgents, x: np.ndarray,
+                          eps: int) -> tuple[np.ndarray | None, Focus]:
+        """NES on the focused sub-video (Eq. 2), zero elsewhere, for the PGD step (Eq. 1); None = goal met."""
         p = self.params
         focus = agents.act()
         mask = agents.mask(focus, x.shape)
@@ -488,8 +488,7 @@ class AstFocus(Attack):
                 ctx.tracker.offer(samples[i], score, success=True, answer=answer)
                 return None, focus
             losses[i] = -score
-        gradient = nes_gradient(losses, noise[: len(answers)], sigma)
-        return x - lr * np.sign(gradient), focus
+        return nes_gradient(losses, noise[: len(answers)], sigma), focus
 
     def _trace_focus(self, ctx: AttackContext, focus: Focus, mask: np.ndarray) -> None:
         ctx.trace["iterations"] += 1
@@ -515,10 +514,10 @@ class AstFocus(Attack):
         x = ctx.clean if ctx.resume_from is None else ctx.resume_from
         score = ctx.tracker.best.score
         for _ in range(p.max_iterations):
-            stepped, focus = self._focused_step(ctx, agents, x, eps, lr)
-            if stepped is None:
+            gradient, focus = self._focused_gradient(ctx, agents, x, eps)
+            if gradient is None:
                 return
-            x = project_linf(stepped, ctx.clean, eps)
+            x = project_linf(x - lr * np.sign(gradient), ctx.clean, eps)
             answer = ctx.oracle.query(x[None])[0]
             new_score = ctx.goal.score(answer)
             success = ctx.goal.is_met(answer["label"])
@@ -530,22 +529,15 @@ class AstFocus(Attack):
 
     # ------------------------------------------------------------------ targeted (partial information)
     def _run_targeted(self, ctx: AttackContext, agents: FocusAgents) -> None:
-        p = self.params
-        goal_eps = to_levels(p.epsilon)
-        x, eps, score = targeted_start(ctx, to_levels(p.targeted_start_epsilon), p.reference_scan, self.name)
-        if x is None:
-            ctx.trace["stopped"] = "no reference clip was classified as the target"
+        start = start_in_target_class(ctx, self.params, self.name)
+        if start is None:
             return
-        schedule = ShrinkSchedule.from_params(p, p.learning_rate)
-        for _ in range(p.max_iterations):
-            ctx.trace.update(schedule.trace(eps))
-            if eps <= goal_eps:
-                return
-            stepped, focus = self._focused_step(ctx, agents, x, eps, schedule.alpha)
-            x, eps, kept, answer = shrink_or_step(ctx, x, stepped, eps, goal_eps, schedule)
-            new_score = ctx.goal.score(answer)
+
+        def learn(focus: Focus, score: float, new_score: float) -> None:
             agents.learn(focus, *agents.rewards(focus, common_reward(score, new_score)))  # Eq. 10
-            score = new_score if kept else score
+
+        shrink_to_goal(ctx, self.params, start,
+                       lambda x, eps: self._focused_gradient(ctx, agents, x, eps), learn)
 
 
 def _backbone_overlap(victim: str) -> str | None:

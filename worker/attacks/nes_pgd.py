@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from worker.attacks.base import Attack, AttackContext, targeted_start
+from worker.attacks.base import Attack, AttackContext
 from worker.attacks.primitives import (
     antithetic_noise,
     in_levels,
@@ -26,7 +26,7 @@ from worker.attacks.primitives import (
     project_linf,
     to_levels,
 )
-from worker.attacks.shrinking_ball import ShrinkingBallParams, ShrinkSchedule, shrink_or_step
+from worker.attacks.shrinking_ball import ShrinkingBallParams, shrink_to_goal, start_in_target_class
 
 
 class NesPgdParams(ShrinkingBallParams):
@@ -67,20 +67,9 @@ class NesPgd(Attack):
 
     # ------------------------------------------------------------------ targeted
     def _run_targeted(self, ctx: AttackContext) -> None:
-        p = self.params
-        goal_eps = to_levels(p.epsilon)
-        x, eps, _ = targeted_start(
-            ctx, to_levels(p.targeted_start_epsilon), p.reference_scan, self.name
-        )
-        if x is None:
-            return
-        schedule = ShrinkSchedule.from_params(p, p.learning_rate)
-        for iteration in range(1, p.max_iterations + 1):
-            ctx.trace.update(iterations=iteration, **schedule.trace(eps))
-            if eps <= goal_eps:
-                return
-            gradient, _ = self._estimate(ctx, x, eps)
-            x, eps, _, _ = shrink_or_step(ctx, x, x - schedule.alpha * np.sign(gradient), eps, goal_eps, schedule)
+        start = start_in_target_class(ctx, self.params, self.name)
+        if start is not None:
+            shrink_to_goal(ctx, self.params, start, lambda x, eps: (self._estimate(ctx, x, eps)[0], None))
 
     # ------------------------------------------------------------------ shared steps
     def _estimate(self, ctx: AttackContext, x: np.ndarray, eps: int) -> tuple[np.ndarray, bool]:

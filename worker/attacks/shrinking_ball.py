@@ -12,7 +12,8 @@ supplies its own gradient estimate. After the estimate, one iteration:
 
 Step 2 is what lets x gain margin at a fixed ε. Without it, once Δε is down to one level, every
 iteration whose shrink fails throws its estimate away, and a run stalls far above the goal ε (the
-grid's first targeted AstFocus rows did; BENCHMARKS.md).
+grid's first targeted AstFocus rows did; BENCHMARKS.md). `shrink_to_goal` is the loop: an attack
+passes its gradient estimate, and AstFocus also a `learn` hook for its agents' rewards.
 
 Schedules (V-BAD Sec. 4.1: α halves "if the ratio of failing to maintain the adversarial class is
 higher than 50%", Δε halves "if we fail to reduce ε after 100 times"): α halves when more than half of
@@ -21,19 +22,40 @@ failed reductions; both stop at one uint8 level.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from model_server.protocol import Prediction
-from worker.attacks.base import AttackContext, AttackParams
+from worker.attacks.base import AttackContext, AttackParams, targeted_start
 from worker.attacks.primitives import in_levels, project_linf, to_levels
+
+# (x, ε in levels) → (the attack's gradient estimate of its loss at x, what the estimate chose:
+# AstFocus's focus, else None)
+Estimate = Callable[[np.ndarray, int], tuple[np.ndarray, Any]]
+# (what the step chose, goal score of x before the step, goal score of the last try's answer)
+Learn = Callable[[Any, float, float], None]
+
+
+def _schedule_fields_last(schema: dict[str, Any]) -> None:
+    """GET /attacks lists an attack's own parameters first; pydantic would put inherited ones first."""
+    properties = schema.get("properties", {})
+    own_first = sorted(properties, key=lambda name: name in _SCHEDULE_FIELDS)
+    schema["properties"] = {name: properties[name] for name in own_first}
 
 
 class ShrinkingBallParams(AttackParams):
-    """The targeted schedule's parameters, shared by every attack that uses it."""
+    """The loop's parameters, shared by every attack that uses it (each attack overrides the first
+    three with its own defaults and wording)."""
 
+    model_config = ConfigDict(json_schema_extra=_schedule_fields_last)
+
+    epsilon: float = Field(0.05, gt=0, le=1, description="L∞ bound on [0, 1]; targeted: the goal ε.")
+    learning_rate: float = Field(0.01, gt=0, le=0.5, description="PGD step α on [0, 1].")
+    max_iterations: int = Field(100_000, ge=1, description="PGD steps at most (the budget also stops it).")
     targeted_start_epsilon: float = Field(1.0, gt=0, le=1, description="Targeted: ε of the starting clip.")
     epsilon_decay: float = Field(
         0.02, gt=0, le=0.5, description="Targeted: initial Δε (ε shrink per step) on [0, 1]; unspecified by V-BAD."
@@ -41,6 +63,9 @@ class ShrinkingBallParams(AttackParams):
     decay_patience: int = Field(100, ge=1, description="Targeted: failed ε reductions before Δε halves.")
     failure_window: int = Field(10, ge=2, description="Targeted: recent same-ε tries over which α's 50% rule counts.")
     reference_scan: int = Field(8, ge=1, le=256, description="Targeted: reference clips scanned for a start.")
+
+
+_SCHEDULE_FIELDS = frozenset(ShrinkingBallParams.model_fields) - {"seed", "epsilon", "learning_rate", "max_iterations"}
 
 
 @dataclass
@@ -104,3 +129,39 @@ def shrink_or_step(ctx: AttackContext, x: np.ndarray, stepped: np.ndarray, eps: 
     kept, answer = try_in_ball(ctx, candidate, eps, goal_eps)
     schedule.step_tried(kept)
     return (candidate if kept else x), eps, kept, answer
+
+
+class Start(NamedTuple):
+    clip: np.ndarray
+    epsilon: int
+    score: float
+
+
+def start_in_target_class(ctx: AttackContext, params: ShrinkingBallParams, attack: str) -> Start | None:
+    """The target-class clip at `targeted_start_epsilon` (base.targeted_start); None, traced, if no
+    scanned reference clip is classified as the target."""
+    clip, eps, score = targeted_start(ctx, to_levels(params.targeted_start_epsilon), params.reference_scan, attack)
+    if clip is None:
+        ctx.trace["stopped"] = "no reference clip was classified as the target"
+        return None
+    return Start(clip, eps, score)
+
+
+def shrink_to_goal(ctx: AttackContext, params: ShrinkingBallParams, start: Start, estimate: Estimate,
+                   learn: Learn | None = None) -> None:
+    """V-BAD's Algorithm 1 loop from `start` until ε reaches the goal, the iterations or the budget end."""
+    x, eps, score = start
+    goal_eps = to_levels(params.epsilon)
+    schedule = ShrinkSchedule.from_params(params, params.learning_rate)
+    for done in range(params.max_iterations):
+        ctx.trace.update(iterations=done, **schedule.trace(eps))
+        if eps <= goal_eps:
+            return
+        gradient, chosen = estimate(x, eps)
+        stepped = x - schedule.alpha * np.sign(gradient)
+        x, eps, kept, answer = shrink_or_step(ctx, x, stepped, eps, goal_eps, schedule)
+        new_score = ctx.goal.score(answer)
+        if learn is not None:
+            learn(chosen, score, new_score)
+        score = new_score if kept else score
+    ctx.trace.update(iterations=params.max_iterations, **schedule.trace(eps))

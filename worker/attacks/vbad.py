@@ -49,9 +49,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from worker.attacks.base import Attack, AttackContext, targeted_start
+from worker.attacks.base import Attack, AttackContext
 from worker.attacks.primitives import antithetic_noise, in_levels, nes_gradient, project_linf, to_levels
-from worker.attacks.shrinking_ball import ShrinkingBallParams, ShrinkSchedule, shrink_or_step
+from worker.attacks.shrinking_ball import ShrinkingBallParams, shrink_to_goal, start_in_target_class
 
 ImageModel = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 Tentative = Literal["transferred", "static", "random"]
@@ -296,22 +296,13 @@ class Vbad(Attack):
 
     # ------------------------------------------------------------------ targeted (Algorithm 1)
     def _run_targeted(self, ctx: AttackContext) -> None:
-        p = self.params
-        goal_eps = to_levels(p.epsilon)
-        x, eps, _ = targeted_start(ctx, to_levels(p.targeted_start_epsilon), p.reference_scan, self.name)
-        if x is None:
-            ctx.trace["stopped"] = "no reference clip was classified as the target"
+        start = start_in_target_class(ctx, self.params, self.name)
+        if start is None:
             return
         if self._tentative is not None:
-            self._tentative.set_target_clip(x)  # r_n = f̃_l(x'_n) of the target-class clip
-        schedule = ShrinkSchedule.from_params(p, p.learning_rate)
-        for iteration in range(1, p.max_iterations + 1):
-            ctx.trace.update(iterations=iteration, **schedule.trace(eps))
-            if eps <= goal_eps:
-                return
-            gradient, _ = self._rectified_gradient(ctx, x, eps)
-            stepped = x - schedule.alpha * np.sign(gradient)
-            x, eps, _, _ = shrink_or_step(ctx, x, stepped, eps, goal_eps, schedule)  # Algorithm 1: ε − Δε, else ε
+            self._tentative.set_target_clip(start.clip)  # r_n = f̃_l(x'_n) of the target-class clip
+        # Algorithm 1: each rectified estimate's step is tried at ε − Δε, else at ε
+        shrink_to_goal(ctx, self.params, start, lambda x, eps: (self._rectified_gradient(ctx, x, eps)[0], None))
 
 
 class PbadParams(VbadParams):
