@@ -491,7 +491,6 @@ class AstFocus(Attack):
         return nes_gradient(losses, noise[: len(answers)], sigma), focus
 
     def _trace_focus(self, ctx: AttackContext, focus: Focus, mask: np.ndarray) -> None:
-        ctx.trace["iterations"] += 1
         ctx.trace["frames_selected"].append(int(focus.selected.sum()))
         ctx.trace["patch_area"].append(round(float(mask.mean()), 4))
         ctx.trace["last_focus"] = {
@@ -513,7 +512,8 @@ class AstFocus(Attack):
         eps, lr = to_levels(p.epsilon), in_levels(p.learning_rate)
         x = ctx.clean if ctx.resume_from is None else ctx.resume_from
         score = ctx.tracker.best.score
-        for _ in range(p.max_iterations):
+        for iteration in range(1, p.max_iterations + 1):
+            ctx.trace["iterations"] = iteration
             gradient, focus = self._focused_gradient(ctx, agents, x, eps)
             if gradient is None:
                 return

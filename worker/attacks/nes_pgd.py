@@ -56,7 +56,8 @@ class NesPgd(Attack):
         eps = to_levels(p.epsilon)
         x = ctx.clean if ctx.resume_from is None else ctx.resume_from
         velocity = np.zeros(x.shape, dtype=np.float32)
-        for _ in range(p.max_iterations):
+        for iteration in range(1, p.max_iterations + 1):
+            ctx.trace["iterations"] = iteration
             gradient, done = self._estimate(ctx, x, eps)
             if done:
                 return

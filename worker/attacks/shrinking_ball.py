@@ -153,10 +153,11 @@ def shrink_to_goal(ctx: AttackContext, params: ShrinkingBallParams, start: Start
     x, eps, score = start
     goal_eps = to_levels(params.epsilon)
     schedule = ShrinkSchedule.from_params(params, params.learning_rate)
-    for done in range(params.max_iterations):
-        ctx.trace.update(iterations=done, **schedule.trace(eps))
+    for iteration in range(1, params.max_iterations + 1):
+        ctx.trace.update(schedule.trace(eps))
         if eps <= goal_eps:
             return
+        ctx.trace["iterations"] = iteration  # estimates begun, as in the untargeted loops
         gradient, chosen = estimate(x, eps)
         stepped = x - schedule.alpha * np.sign(gradient)
         x, eps, kept, answer = shrink_or_step(ctx, x, stepped, eps, goal_eps, schedule)
@@ -164,4 +165,4 @@ def shrink_to_goal(ctx: AttackContext, params: ShrinkingBallParams, start: Start
         if learn is not None:
             learn(chosen, score, new_score)
         score = new_score if kept else score
-    ctx.trace.update(iterations=params.max_iterations, **schedule.trace(eps))
+    ctx.trace.update(schedule.trace(eps))
