@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from worker.attacks.base import Best, Goal, Tracker
+from model_server.protocol import Prediction
+from worker.attacks.base import AttackContext, Best, Goal, Tracker
 from worker.attacks.primitives import (
     antithetic_noise,
     nes_gradient,
+    probe_samples,
     project_linf,
     rank_transform,
+    score_samples,
     to_levels,
 )
 
@@ -86,3 +90,49 @@ def test_tracker_prefers_the_smaller_distance_between_equally_successful_offers(
     assert tracker.offer(clip + 4, 0.51, True, distance=12)
     assert not tracker.offer(clip + 5, 0.52, True, distance=12.5)
     assert tracker.best.clip[0, 0, 0, 0] == 4 and tracker.best.distance == 12
+
+
+class LabelsOracle:
+    """Answers scripted (label, probability) pairs; answers at most `left` clips of a batch (the budget)."""
+
+    def __init__(self, answers: list[tuple[int, float]], left: int) -> None:
+        self.answers, self.left, self.sent = answers, left, 0
+
+    def query(self, clips: np.ndarray, partial: bool = False) -> list[Prediction]:
+        assert partial, "NES batches may be cut short by the budget"
+        count = min(len(clips), self.left)
+        self.sent += count
+        return [Prediction(label=k, label_name=str(k), probability=p) for k, p in self.answers[:count]]
+
+
+def _context(oracle: LabelsOracle, clean: np.ndarray, goal: Goal) -> AttackContext:
+    tracker = Tracker(best=Best(clip=clean, score=-1.0, success=False))
+    return AttackContext(clean=clean, oracle=oracle, goal=goal, tracker=tracker, rng=np.random.default_rng(0))
+
+
+def test_probe_samples_are_projected_steps_along_each_direction():
+    clean = np.full((2, 4, 4, 3), 250, dtype=np.uint8)
+    directions = antithetic_noise(np.random.default_rng(1), clean.shape, 2)
+    samples = probe_samples(clean, clean, 3, 2.55, directions)
+    assert samples.shape == (4, *clean.shape) and samples.dtype == np.uint8
+    assert np.abs(samples.astype(int) - clean).max() <= 3 and samples.max() <= 255
+    assert np.array_equal(samples[0], project_linf(clean + 2.55 * directions[0], clean, 3))
+
+
+def test_scores_are_minus_the_goal_score_of_the_answered_samples():
+    clean = np.zeros((1, 2, 2, 3), dtype=np.uint8)
+    oracle = LabelsOracle([(0, 0.9), (1, 0.6), (0, 0.7)], left=3)
+    samples = np.stack([clean + i for i in range(4)])
+    scored = score_samples(_context(oracle, clean, Goal(source_label=0, target_label=1)), samples,
+                           stop_when_met=False)
+    assert oracle.sent == 3  # the budget answered three of four
+    assert scored.losses.tolist() == pytest.approx([0.9, -0.6, 0.7]) and scored.met.tolist() == [False, True, False]
+
+
+def test_a_sample_that_meets_the_goal_ends_the_estimate_as_the_success():
+    clean = np.zeros((1, 2, 2, 3), dtype=np.uint8)
+    oracle = LabelsOracle([(0, 0.9), (3, 0.6), (0, 0.7)], left=3)
+    samples = np.stack([clean + i for i in range(3)])
+    ctx = _context(oracle, clean, Goal(source_label=0))
+    assert score_samples(ctx, samples, stop_when_met=True) is None
+    assert ctx.tracker.best.success and np.array_equal(ctx.tracker.best.clip, samples[1])

@@ -55,7 +55,9 @@ from worker.attacks.primitives import (
     in_levels,
     nes_gradient,
     one_thread,
+    probe_samples,
     project_linf,
+    score_samples,
     to_levels,
 )
 from worker.attacks.shrinking_ball import ShrinkingBallParams, shrink_to_goal, start_in_target_class
@@ -479,16 +481,11 @@ class AstFocus(Attack):
         self._trace_focus(ctx, focus, mask)
         sigma = p.probe(ctx.goal.targeted)
         noise = antithetic_noise(ctx.rng, x.shape, p.samples // 2) * mask  # only the focused sub-video
-        samples = np.stack([project_linf(x + in_levels(sigma) * u, ctx.clean, eps) for u in noise])
-        answers = ctx.oracle.query(samples, partial=True)
-        losses = np.empty(len(answers), dtype=np.float32)
-        for i, answer in enumerate(answers):
-            score = ctx.goal.score(answer)
-            if not ctx.goal.targeted and ctx.goal.is_met(answer["label"]):
-                ctx.tracker.offer(samples[i], score, success=True, answer=answer)
-                return None, focus
-            losses[i] = -score
-        return nes_gradient(losses, noise[: len(answers)], sigma), focus
+        samples = probe_samples(x, ctx.clean, eps, in_levels(sigma), noise)
+        scored = score_samples(ctx, samples, stop_when_met=not ctx.goal.targeted)
+        if scored is None:
+            return None, focus
+        return nes_gradient(scored.losses, noise, sigma), focus
 
     def _trace_focus(self, ctx: AttackContext, focus: Focus, mask: np.ndarray) -> None:
         ctx.trace["frames_selected"].append(int(focus.selected.sum()))

@@ -84,7 +84,15 @@ import numpy as np
 from pydantic import Field
 
 from worker.attacks.base import Attack, AttackContext, AttackParams, Goal
-from worker.attacks.primitives import antithetic_noise, in_levels, nes_gradient, project_linf, to_levels
+from worker.attacks.primitives import (
+    antithetic_noise,
+    in_levels,
+    nes_gradient,
+    probe_samples,
+    project_linf,
+    score_samples,
+    to_levels,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -567,13 +575,8 @@ class KeyframeGrad(Attack):
         """Antithetic NES of ∇(−score), noise on the key frames only; `done` when a sample meets the goal."""
         p = self.params
         noise = antithetic_noise(ctx.rng, x.shape, p.finish_population // 2) * keep
-        samples = np.stack([project_linf(x + in_levels(p.finish_sigma) * u, ctx.clean, eps) for u in noise])
-        answers = ctx.oracle.query(samples, partial=True)
-        losses = np.empty(len(answers), dtype=np.float32)
-        for i, answer in enumerate(answers):
-            score = ctx.goal.score(answer)
-            if ctx.goal.is_met(answer["label"]):
-                ctx.tracker.offer(samples[i], score, success=True, answer=answer)
-                return np.zeros_like(noise[0]), True
-            losses[i] = -score
-        return nes_gradient(losses, noise[: len(answers)], p.finish_sigma), False
+        samples = probe_samples(x, ctx.clean, eps, in_levels(p.finish_sigma), noise)
+        scored = score_samples(ctx, samples, stop_when_met=True)  # no ε to shrink: the label is the goal
+        if scored is None:
+            return np.zeros_like(noise[0]), True
+        return nes_gradient(scored.losses, noise, p.finish_sigma), False

@@ -23,7 +23,9 @@ from worker.attacks.primitives import (
     antithetic_noise,
     in_levels,
     nes_gradient,
+    probe_samples,
     project_linf,
+    score_samples,
     to_levels,
 )
 from worker.attacks.shrinking_ball import ShrinkingBallParams, shrink_to_goal, start_in_target_class
@@ -77,18 +79,11 @@ class NesPgd(Attack):
         """NES estimate of ∇loss at x; `done` when one of the samples already meets the goal."""
         p = self.params
         noise = antithetic_noise(ctx.rng, x.shape, p.population // 2)
-        samples = np.stack(
-            [project_linf(x + in_levels(p.sigma) * u, ctx.clean, eps) for u in noise]
-        )
-        answers = ctx.oracle.query(samples, partial=True)
-        losses = np.empty(len(answers), dtype=np.float32)
-        for i, answer in enumerate(answers):
-            score = ctx.goal.score(answer)
-            losses[i] = -score
-            if ctx.goal.is_met(answer["label"]) and not ctx.goal.targeted:
-                ctx.tracker.offer(samples[i], score, success=True, answer=answer)
-                return np.zeros_like(noise[0]), True
-        return nes_gradient(losses, noise, p.sigma), False
+        samples = probe_samples(x, ctx.clean, eps, in_levels(p.sigma), noise)
+        scored = score_samples(ctx, samples, stop_when_met=not ctx.goal.targeted)
+        if scored is None:
+            return np.zeros_like(noise[0]), True
+        return nes_gradient(scored.losses, noise, p.sigma), False
 
     def _evaluate(self, ctx: AttackContext, x: np.ndarray) -> bool:
         answer = ctx.oracle.query(x[None])[0]

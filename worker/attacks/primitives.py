@@ -1,4 +1,5 @@
-"""Pieces several attacks share, written once: the uint8 L∞ projection and the NES estimator.
+"""Pieces several attacks share, written once: the uint8 L∞ projection and the NES estimator (noise,
+samples, their counted query, the estimate).
 
 Clips live on the uint8 grid the oracle sees (DESIGN.md, "quantize inside the loop"): ε and step sizes
 are given on [0, 1] like in the papers and turned into whole pixel levels here.
@@ -7,8 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from worker.attacks.base import AttackContext
 
 LEVELS = 255.0
 
@@ -38,6 +43,35 @@ def antithetic_noise(rng: np.random.Generator, shape: tuple[int, ...], pairs: in
     """
     half = rng.standard_normal((pairs, *shape), dtype=np.float32)
     return np.stack([half, -half], axis=1).reshape(2 * pairs, *shape)
+
+
+def probe_samples(x: np.ndarray, clean: np.ndarray, eps: int, probe: float, directions: np.ndarray) -> np.ndarray:
+    """x + probe·u for every direction u, each projected into the ε ball on the uint8 grid."""
+    return np.stack([project_linf(x + probe * u, clean, eps) for u in directions])
+
+
+class SampleScores(NamedTuple):
+    losses: np.ndarray  # −goal score of each answered sample (the budget may answer fewer than were sent)
+    met: np.ndarray  # whether each answered sample met the goal
+
+
+def score_samples(ctx: AttackContext, samples: np.ndarray, stop_when_met: bool) -> SampleScores | None:
+    """Query NES samples as one batch (cut short by the budget rather than refused).
+
+    With `stop_when_met`, the first sample that meets the goal is offered to the tracker as the
+    success and None is returned: the attack is over, the estimate moot. Targeted attacks that must
+    also shrink ε (shrinking_ball.py) keep going instead.
+    """
+    answers = ctx.oracle.query(samples, partial=True)
+    losses = np.empty(len(answers), dtype=np.float32)
+    met = np.zeros(len(answers), dtype=bool)
+    for i, answer in enumerate(answers):
+        score, met[i] = ctx.goal.score(answer), ctx.goal.is_met(answer["label"])
+        if met[i] and stop_when_met:
+            ctx.tracker.offer(samples[i], score, success=True, answer=answer)
+            return None
+        losses[i] = -score
+    return SampleScores(losses, met)
 
 
 def rank_transform(losses: np.ndarray) -> np.ndarray:

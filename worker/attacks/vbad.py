@@ -50,7 +50,15 @@ import numpy as np
 from pydantic import Field
 
 from worker.attacks.base import Attack, AttackContext
-from worker.attacks.primitives import antithetic_noise, in_levels, nes_gradient, project_linf, to_levels
+from worker.attacks.primitives import (
+    antithetic_noise,
+    in_levels,
+    nes_gradient,
+    probe_samples,
+    project_linf,
+    score_samples,
+    to_levels,
+)
 from worker.attacks.shrinking_ball import ShrinkingBallParams, shrink_to_goal, start_in_target_class
 
 ImageModel = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -260,19 +268,14 @@ class Vbad(Attack):
         partition = self._partition(ctx, x.shape)  # Eq. 3
         sigma = p.probe(ctx.goal.targeted)
         deltas = antithetic_noise(ctx.rng, (partition.count,), p.population // 2)  # δ_k over patch weights
-        probe = in_levels(sigma)
-        samples = np.stack([project_linf(x + probe * rectify(d, partition, signs), ctx.clean, eps) for d in deltas])
-        answers = ctx.oracle.query(samples, partial=True)
-        losses = np.empty(len(answers), dtype=np.float32)
-        lost = np.zeros(len(answers), dtype=bool)
-        for i, answer in enumerate(answers):
-            met = ctx.goal.is_met(answer["label"])
-            if not ctx.goal.targeted and met:
-                ctx.tracker.offer(samples[i], ctx.goal.score(answer), success=True, answer=answer)
-                return None, True
-            losses[i] = -ctx.goal.score(answer)  # untargeted: p(source); targeted: −p(target)
-            lost[i] = ctx.goal.targeted and not met
-        weights = nes_gradient(transformed_losses(losses, lost), deltas[: len(answers)], sigma)  # Eq. 4
+        directions = (rectify(d, partition, signs) for d in deltas)
+        samples = probe_samples(x, ctx.clean, eps, in_levels(sigma), directions)
+        scored = score_samples(ctx, samples, stop_when_met=not ctx.goal.targeted)
+        if scored is None:
+            return None, True
+        lost = ~scored.met if ctx.goal.targeted else np.zeros_like(scored.met)
+        # losses: untargeted p(source); targeted −p(target)
+        weights = nes_gradient(transformed_losses(scored.losses, lost), deltas, sigma)  # Eq. 4
         return rectify(weights, partition, signs), False  # Eq. 5
 
     # ------------------------------------------------------------------ untargeted
