@@ -63,6 +63,11 @@ class JobOut(BaseModel):
     source_probability: float | None
     params: dict[str, Any] = Field(description="The attack's parameters, defaults filled in.")
     progress: Progress
+    attempts: int = Field(
+        description="Deliveries that ran the job: 1 normally, 0 while queued. More than 1: a worker died or lost "
+        "its lease and the job resumed from its checkpoint against the same budget, drawing new random "
+        "numbers, so its queries are not those an uninterrupted run with the same seed sends.",
+    )
     metrics: dict[str, Any] | None
     error: str | None
     created_at: UtcDatetime
@@ -94,6 +99,7 @@ class JobOut(BaseModel):
                 best_score=job.best_score,
                 best_distance=job.best_distance,
             ),
+            attempts=job.attempts or 0,
             metrics=job.metrics,
             error=job.error,
             created_at=job.created_at,

@@ -116,6 +116,12 @@ def follow(client, job: dict, tqdm) -> dict:  # noqa: ANN001
     return job
 
 
+def _attempts(attempts: int) -> str:
+    if attempts <= 1:
+        return str(attempts)
+    return f"{attempts}: resumed from a checkpoint after a worker was lost, so not the queries of one run"
+
+
 def report(job: dict, files: dict, identical: bool, audited: bool, recheck: dict, wall: float) -> None:
     metrics = job.get("metrics") or {}
     goal_met = recheck["label"] != job["source_label"]
@@ -125,6 +131,7 @@ def report(job: dict, files: dict, identical: bool, audited: bool, recheck: dict
         ("adversarial prediction", f"{recheck['label_name']} ({recheck['probability']:.3f}), "
                                    f"re-checked against the oracle: goal {'met' if goal_met else 'NOT met'}"),
         ("queries used", f"{job['progress']['queries_used']} of {job['progress']['max_queries']}"),
+        ("attempts", _attempts(job.get("attempts", 1))),
         ("MAP (0-255)", f"{metrics.get('map', float('nan')):.3f}"),
         ("L∞ (levels of 255)", str(metrics.get("linf"))),
         ("frames perturbed", f"{metrics.get('frames_perturbed')} of {metrics.get('frames')}"),

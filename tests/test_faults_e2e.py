@@ -161,6 +161,7 @@ def test_sigkill_of_the_whole_worker_resumes_the_job_from_its_checkpoint(faults:
         faults.stack.kill("w-after-kill", signal.SIGTERM)
     assert state["status"] in ("succeeded", "budget_exhausted", "failed"), state
     assert state["attempts"] == 2, state  # claimed again by the sweeper's re-published task
+    assert http.get(f"/jobs/{job_id}").json()["attempts"] == 2  # users see that the run was resumed
     assert_budget_kept(state)
     assert state["queries_used"] > killed_at  # it went on, against the same budget
     assert state["best_score"] >= saved - 1e-5, (state, saved)  # the best clip before the crash was kept

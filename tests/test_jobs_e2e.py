@@ -30,7 +30,7 @@ def test_attack_succeeds_and_artifacts_reproduce_the_oracle_answer(client, sampl
     assert job["progress"]["queries_used"] == 1  # the clean prediction is the job's first query
 
     job = wait_for(client, job["id"])
-    assert job["status"] == "succeeded", job
+    assert job["status"] == "succeeded" and job["attempts"] == 1, job
     metrics = job["metrics"]
     assert metrics["success"] is True
     assert metrics["linf"] <= 12  # ε = 0.05 → 12 levels
