@@ -9,6 +9,7 @@ from worker.attacks.base import AttackContext, Best, Goal, Tracker
 from worker.attacks.primitives import (
     antithetic_noise,
     nes_gradient,
+    offer_candidate,
     probe_samples,
     project_linf,
     rank_transform,
@@ -99,7 +100,6 @@ class LabelsOracle:
         self.answers, self.left, self.sent = answers, left, 0
 
     def query(self, clips: np.ndarray, partial: bool = False) -> list[Prediction]:
-        assert partial, "NES batches may be cut short by the budget"
         count = min(len(clips), self.left)
         self.sent += count
         return [Prediction(label=k, label_name=str(k), probability=p) for k, p in self.answers[:count]]
@@ -136,3 +136,15 @@ def test_a_sample_that_meets_the_goal_ends_the_estimate_as_the_success():
     ctx = _context(oracle, clean, Goal(source_label=0))
     assert score_samples(ctx, samples, stop_when_met=True) is None
     assert ctx.tracker.best.success and np.array_equal(ctx.tracker.best.clip, samples[1])
+
+
+def test_an_iterate_is_one_query_offered_to_the_tracker():
+    clean = np.zeros((1, 2, 2, 3), dtype=np.uint8)
+    oracle = LabelsOracle([(0, 0.8), (2, 0.6)], left=2)
+    ctx = _context(oracle, clean, Goal(source_label=0))
+    met, score, _ = offer_candidate(ctx, clean + 1)
+    assert (met, score, oracle.sent) == (False, -0.8, 1) and ctx.tracker.best.score == -0.8
+    oracle.answers.pop(0)
+    met, score, answer = offer_candidate(ctx, clean + 2)
+    assert met and score == 0.6 and answer["label"] == 2
+    assert ctx.tracker.best.success and np.array_equal(ctx.tracker.best.clip, clean + 2)

@@ -54,6 +54,7 @@ from worker.attacks.primitives import (
     antithetic_noise,
     in_levels,
     nes_gradient,
+    offer_candidate,
     one_thread,
     probe_samples,
     project_linf,
@@ -515,10 +516,7 @@ class AstFocus(Attack):
             if gradient is None:
                 return
             x = project_linf(x - lr * np.sign(gradient), ctx.clean, eps)
-            answer = ctx.oracle.query(x[None])[0]
-            new_score = ctx.goal.score(answer)
-            success = ctx.goal.is_met(answer["label"])
-            ctx.tracker.offer(x, new_score, success=success, answer=answer)
+            success, new_score, _ = offer_candidate(ctx, x)
             if success:
                 return
             agents.learn(focus, *agents.rewards(focus, common_reward(score, new_score)))

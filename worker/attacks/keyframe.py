@@ -84,10 +84,12 @@ import numpy as np
 from pydantic import Field
 
 from worker.attacks.base import Attack, AttackContext, AttackParams, Goal
+from worker.attacks.nes_pgd import momentum_sign_pgd
 from worker.attacks.primitives import (
     antithetic_noise,
     in_levels,
     nes_gradient,
+    offer_candidate,
     probe_samples,
     project_linf,
     score_samples,
@@ -529,9 +531,7 @@ class KeyframeGrad(Attack):
         if state.last_checked is not None and np.array_equal(candidate, state.last_checked):
             state.margin += self.params.margin_step
             return False
-        answer = ctx.oracle.query(candidate[None])[0]
-        score, success = ctx.goal.score(answer), ctx.goal.is_met(answer["label"])
-        ctx.tracker.offer(candidate, score, success=success, answer=answer)
+        success, score, answer = offer_candidate(ctx, candidate)
         delta = candidate.astype(np.int16) - ctx.clean
         ctx.trace["transfer_checks"].append({
             "iteration": iteration, "required_margin": round(state.margin, 4),
@@ -554,20 +554,9 @@ class KeyframeGrad(Attack):
         eps = to_levels(p.epsilon if p.epsilon is not None else p.finish_epsilon)
         keep = mask.astype(np.float32)[:, None, None, None]  # the key-frame (temporal) mask
         x = project_linf(start.astype(np.float32), ctx.clean, eps)
-        velocity = np.zeros(x.shape, dtype=np.float32)
         finish = ctx.trace["finish"] = {"method": "nes_pgd", "epsilon_levels": eps, "iterations": 0}
-        for iteration in range(1, p.finish_max_iterations + 1):
-            finish["iterations"] = iteration
-            gradient, done = self._masked_estimate(ctx, x, eps, keep)
-            if done:
-                return
-            velocity = p.finish_momentum * velocity + gradient
-            x = project_linf(x - in_levels(p.finish_learning_rate) * np.sign(velocity) * keep, ctx.clean, eps)
-            answer = ctx.oracle.query(x[None])[0]
-            success = ctx.goal.is_met(answer["label"])
-            ctx.tracker.offer(x, ctx.goal.score(answer), success=success, answer=answer)
-            if success:
-                return
+        momentum_sign_pgd(ctx, x, eps, lambda x: self._masked_estimate(ctx, x, eps, keep),
+                          in_levels(p.finish_learning_rate), p.finish_momentum, p.finish_max_iterations, finish, keep)
 
     def _masked_estimate(
         self, ctx: AttackContext, x: np.ndarray, eps: int, keep: np.ndarray

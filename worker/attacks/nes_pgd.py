@@ -15,6 +15,8 @@ the goal ends the attack: it is a valid adversarial clip inside the ball.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from pydantic import Field
 
@@ -23,6 +25,7 @@ from worker.attacks.primitives import (
     antithetic_noise,
     in_levels,
     nes_gradient,
+    offer_candidate,
     probe_samples,
     project_linf,
     score_samples,
@@ -57,16 +60,8 @@ class NesPgd(Attack):
         p = self.params
         eps = to_levels(p.epsilon)
         x = ctx.clean if ctx.resume_from is None else ctx.resume_from
-        velocity = np.zeros(x.shape, dtype=np.float32)
-        for iteration in range(1, p.max_iterations + 1):
-            ctx.trace["iterations"] = iteration
-            gradient, done = self._estimate(ctx, x, eps)
-            if done:
-                return
-            velocity = p.momentum * velocity + gradient
-            x = project_linf(x - in_levels(p.learning_rate) * np.sign(velocity), ctx.clean, eps)
-            if self._evaluate(ctx, x):
-                return
+        momentum_sign_pgd(ctx, x, eps, lambda x: self._estimate(ctx, x, eps), in_levels(p.learning_rate),
+                          p.momentum, p.max_iterations, ctx.trace)
 
     # ------------------------------------------------------------------ targeted
     def _run_targeted(self, ctx: AttackContext) -> None:
@@ -85,8 +80,20 @@ class NesPgd(Attack):
             return np.zeros_like(noise[0]), True
         return nes_gradient(scored.losses, noise, p.sigma), False
 
-    def _evaluate(self, ctx: AttackContext, x: np.ndarray) -> bool:
-        answer = ctx.oracle.query(x[None])[0]
-        success = ctx.goal.is_met(answer["label"])
-        ctx.tracker.offer(x, ctx.goal.score(answer), success=success, answer=answer)
-        return success
+
+def momentum_sign_pgd(ctx: AttackContext, x: np.ndarray, eps: int,
+                      estimate: Callable[[np.ndarray], tuple[np.ndarray, bool]], step: float, momentum: float,
+                      max_iterations: int, trace: dict, keep: np.ndarray | float = 1.0) -> None:
+    """v ← μ·v + ĝ, x ← Π_ε(x − η·sign(v)·keep) until a clip meets the goal (`estimate` says `done` when
+    one of its samples did); each iterate costs one counted query. `keep` masks the step (the key-frame
+    attack's finish)."""
+    velocity = np.zeros(x.shape, dtype=np.float32)
+    for iteration in range(1, max_iterations + 1):
+        trace["iterations"] = iteration
+        gradient, done = estimate(x)
+        if done:
+            return
+        velocity = momentum * velocity + gradient
+        x = project_linf(x - step * np.sign(velocity) * keep, ctx.clean, eps)
+        if offer_candidate(ctx, x)[0]:
+            return

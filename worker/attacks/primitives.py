@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 if TYPE_CHECKING:
+    from model_server.protocol import Prediction
     from worker.attacks.base import AttackContext
 
 LEVELS = 255.0
@@ -48,6 +49,15 @@ def antithetic_noise(rng: np.random.Generator, shape: tuple[int, ...], pairs: in
 def probe_samples(x: np.ndarray, clean: np.ndarray, eps: int, probe: float, directions: np.ndarray) -> np.ndarray:
     """x + probe·u for every direction u, each projected into the ε ball on the uint8 grid."""
     return np.stack([project_linf(x + probe * u, clean, eps) for u in directions])
+
+
+def offer_candidate(ctx: AttackContext, clip: np.ndarray) -> tuple[bool, float, Prediction]:
+    """One counted query of an iterate, offered to the tracker (a success if it meets the goal):
+    (whether it met the goal, its goal score, the answer)."""
+    answer = ctx.oracle.query(clip[None])[0]
+    met, score = ctx.goal.is_met(answer["label"]), ctx.goal.score(answer)
+    ctx.tracker.offer(clip, score, success=met, answer=answer)
+    return met, score, answer
 
 
 class SampleScores(NamedTuple):

@@ -54,6 +54,7 @@ from worker.attacks.primitives import (
     antithetic_noise,
     in_levels,
     nes_gradient,
+    offer_candidate,
     probe_samples,
     project_linf,
     score_samples,
@@ -291,10 +292,7 @@ class Vbad(Attack):
             if done:
                 return
             x = project_linf(x - in_levels(p.learning_rate) * np.sign(gradient), ctx.clean, eps)  # Eq. 6
-            answer = ctx.oracle.query(x[None])[0]
-            success = ctx.goal.is_met(answer["label"])
-            ctx.tracker.offer(x, ctx.goal.score(answer), success=success, answer=answer)
-            if success:
+            if offer_candidate(ctx, x)[0]:
                 return
 
     # ------------------------------------------------------------------ targeted (Algorithm 1)
