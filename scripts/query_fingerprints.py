@@ -44,6 +44,8 @@ CASES: dict[str, tuple[str, dict]] = {
     "astfocus_random": ("astfocus", {**FAST, **FOCUS, "random_agents": True}),
     "opt": ("opt", {"initial_directions": 4, "map_bound": 0}),  # no early stop: the descent spends the budget
     "sign_opt": ("sign_opt", {"initial_directions": 4, "samples": 40, "map_bound": 0}),
+    "heuristic": ("heuristic", {"initial_directions": 2, "map_bound": 0}),
+    "heuristic_temporal_only": ("heuristic", {"initial_directions": 2, "map_bound": 0, "spatial": False}),
     # a surrogate that does not transfer (another seed than the oracle's): the NES finish does the work
     "keyframe_finish": ("keyframe_grad", {"surrogate_seed": 9, "max_iterations": 20, "finish_with": "nes_pgd",
                                           "epsilon": 12 / 255, "finish_population": 20}),
