@@ -171,6 +171,11 @@ class ModelOut(BaseModel):
     labels: list[str]
     input: ModelInput
     max_clips: int = Field(description="Most clips one oracle request may carry.")
+    kernels: str | None = Field(
+        None, description="The float kernels the oracle computes with (torch version, device, CPU instruction "
+        "set). Probabilities differ in their last digits between kernels, and so do the queries of a seeded "
+        "attack: a job repeats query for query only on an oracle with the same kernels.",
+    )
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ModelOut:
@@ -179,6 +184,7 @@ class ModelOut(BaseModel):
             labels=spec.labels,
             input=ModelInput(frames=spec.frames, height=spec.height, width=spec.width),
             max_clips=spec.max_clips,
+            kernels=spec.extra.get("kernels"),
         )
 
 

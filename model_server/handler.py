@@ -69,6 +69,7 @@ class OracleHandler:
                 "input": self.card["input"],
                 "max_clips": self.max_clips,
                 "accuracy": self.card.get("accuracy"),
+                "kernels": zoo.kernels(self.device),
             }
         )
 

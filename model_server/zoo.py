@@ -116,6 +116,26 @@ def load_card(name: str, weights_dir: Path = WEIGHTS_DIR) -> dict:
     return json.loads(card_path(name, weights_dir).read_text())
 
 
+def kernels(device: str | torch.device = "cpu") -> str:
+    """Which float kernels compute the answers, e.g. "torch 2.13.0+cpu, cpu AVX512".
+
+    A probability's last digits depend on them (AVX-512, AVX2 and scalar code sum in different orders),
+    and so do the queries of a seeded attack: the same demo job took 1 472, 1 521, 1 374 and 1 815
+    queries on one machine with the kernels capped at AVX-512, AVX2, oneDNN SSE4.1 and scalar code
+    (BENCHMARKS.md). A job is repeatable query for query only on an oracle with the same kernels.
+    """
+    import os
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        where = f"cuda {torch.cuda.get_device_name(device)}"
+    else:
+        where = f"cpu {torch.backends.cpu.get_cpu_capability()}"
+        if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+            where += f", oneDNN ≤ {os.environ['ONEDNN_MAX_CPU_ISA']}"
+    return f"torch {torch.__version__}, {where}"
+
+
 def load_trained(name: str, weights_dir: Path = WEIGHTS_DIR, device: str | torch.device = "cpu") -> nn.Module:
     """The trained model in eval mode, float32 on `device` (the weights are stored as fp16)."""
     model = build(name)

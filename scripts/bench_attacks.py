@@ -89,7 +89,7 @@ def _one(task: dict, threads: int) -> dict:
     import torch
 
     from core.memory import keep_freed_memory
-    from model_server import attack_set
+    from model_server import attack_set, zoo
     from worker.inprocess import run_local
 
     torch.set_num_threads(threads)
@@ -108,7 +108,7 @@ def _one(task: dict, threads: int) -> dict:
     return {**task, "via": "inprocess", "label": label, "target": target, "success": result.success,
             "label_met": result.label_met, "queries": result.queries,
             "seconds": round(result.seconds, 2), "cpu_seconds": round(cpu_seconds, 2),
-            "memory_kept": memory_kept, "map": result.metrics["map"],
+            "memory_kept": memory_kept, "kernels": zoo.kernels(), "map": result.metrics["map"],
             "sparsity": result.metrics["sparsity"], "frames_perturbed": result.metrics["frames_perturbed"],
             "linf": result.metrics["linf"], "iterations": result.trace.get("iterations"),
             "map_bound": result.trace.get("map_bound"),
@@ -209,7 +209,8 @@ def _service_row(job: dict, model: str, goal: str, spec: str, campaign: dict) ->
     return {"model": model, "attack": spec, "goal": goal, "index": job["clip_index"], "via": "service",
             "campaign": campaign["id"], "label": job["source_label"], "target": job["target_label"],
             "success": success, "label_met": metrics.get("label_met"), "queries": job["progress"]["queries_used"],
-            "seconds": metrics.get("wall_time_s"), "map": metrics.get("map"), "sparsity": metrics.get("sparsity"),
+            "seconds": metrics.get("wall_time_s"), "kernels": metrics.get("oracle_kernels"),
+            "map": metrics.get("map"), "sparsity": metrics.get("sparsity"),
             "frames_perturbed": metrics.get("frames_perturbed"), "linf": metrics.get("linf"),
             "iterations": attack_report.get("iterations"), "map_bound": bound,
             "within_map_bound": (success and metrics.get("map", 1e9) <= bound) if bound is not None else None}
@@ -549,7 +550,7 @@ def probe(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from model_server import attack_set
+    from model_server import attack_set, zoo
     from worker.inprocess import run_local
 
     torch.set_num_threads(1)
@@ -564,7 +565,7 @@ def probe(args: argparse.Namespace) -> None:
     print(json.dumps({"attack": args.attack, "clip": args.clip, "success": result.success,
                       "queries": result.queries, "map": round(result.metrics["map"], 2),
                       "linf": result.metrics["linf"], "best_score": round(result.history[-1][1], 3) if result.history else None,
-                      "seconds": round(result.seconds, 1),
+                      "seconds": round(result.seconds, 1), "kernels": zoo.kernels(),
                       "trace": {k: v for k, v in result.trace.items() if k in PROBE_TRACE_KEYS}}))
 
 

@@ -20,7 +20,7 @@ from core.settings import Settings, get_settings
 from core.video import encode_ffv1, write_npy
 from db.models import Artifact, Job, JobKind, JobStatus
 from db.session import new_session, session_scope
-from model_server.client import OracleHTTP
+from model_server.client import OracleHTTP, OracleUnavailable
 from worker.attacks import build_attack
 from worker.attacks.base import AttackContext, Best, Goal, Tracker, job_succeeded
 from worker.leases import (
@@ -82,6 +82,7 @@ def _run_attack(job: Job, owner: str, settings: Settings,
     job_id = job.id
     clean = np.load(_artifact_path(job_id, "input"), allow_pickle=False)
     http = OracleHTTP.from_settings(settings)
+    kernels = _oracle_kernels(http, job.model)
     oracle = OracleClient(job_id, job.model, http, new_session, max_batch=settings.oracle_max_batch,
                           owner=owner, db_patience_s=settings.db_retry_s, outage_s=settings.oracle_outage_s)
     goal = Goal(source_label=job.source_label, target_label=job.target_label)
@@ -123,12 +124,22 @@ def _run_attack(job: Job, owner: str, settings: Settings,
         verify = reason != StopReason.cancelled and not oracle_down
         trace = ctx.trace if ctx is not None else {}
         return _finish(job, clean, tracker, oracle if verify else None, reason, error, started, settings,
-                       checkpoints, trace, owner)
+                       checkpoints, trace, owner, kernels)
     except (LeaseLost, DatabaseDown):
         checkpoints.save(tracker.best)
         raise
     finally:
         http.close()
+
+
+def _oracle_kernels(http: OracleHTTP, model: str) -> str | None:
+    """The float kernels behind this job's answers (model_server.zoo.kernels), for its metrics; best effort:
+    the attack does not need them, and an unreachable oracle fails the job on its first query anyway."""
+    try:
+        spec = http.describe(model)
+    except OracleUnavailable:
+        return None
+    return spec.extra.get("kernels") if spec is not None else None
 
 
 def _attach_policy(attack: object, job: Job, ctx: AttackContext) -> None:
@@ -256,6 +267,7 @@ def _finish(
     checkpoints: Checkpointer,
     trace: dict,
     owner: str,
+    kernels: str | None,
 ) -> str:
     best = tracker.best
     verified = None
@@ -280,6 +292,7 @@ def _finish(
         "final_label_name": verified["label_name"] if verified else None,
         "final_probability": verified["probability"] if verified else None,
         "wall_time_s": round(time.monotonic() - started, 3),
+        "oracle_kernels": kernels,
         "attack": trace,
     }
 

@@ -72,3 +72,8 @@ def test_one_frame_is_not_enough() -> None:
         moving = (model(zoo.to_model_input(clips)).argmax(1).numpy() == labels).mean()
         frozen = (model(zoo.to_model_input(still)).argmax(1).numpy() == labels).mean()
     assert moving >= 0.9 and frozen <= 0.3
+
+
+def test_kernels_name_the_torch_build_and_the_instruction_set_the_answers_depend_on():
+    signature = zoo.kernels("cpu")
+    assert signature == f"torch {torch.__version__}, cpu {torch.backends.cpu.get_cpu_capability()}"
