@@ -36,7 +36,7 @@ from worker.attacks.primitives import in_levels, project_linf, to_levels
 # (x, ε in levels) → (the attack's gradient estimate of its loss at x, what the estimate chose:
 # AstFocus's focus, else None)
 Estimate = Callable[[np.ndarray, int], tuple[np.ndarray, Any]]
-# (what the step chose, goal score of x before the step, goal score of the last try's answer)
+# (what the estimate chose, goal score of x before the step, goal score of the last try's answer)
 Learn = Callable[[Any, float, float], None]
 
 
@@ -83,8 +83,8 @@ class ShrinkSchedule:
         self.recent: list[bool] = []
 
     @classmethod
-    def from_params(cls, params: ShrinkingBallParams, learning_rate: float) -> ShrinkSchedule:
-        return cls(alpha=in_levels(learning_rate), decay=max(1, to_levels(params.epsilon_decay)),
+    def from_params(cls, params: ShrinkingBallParams) -> ShrinkSchedule:
+        return cls(alpha=in_levels(params.learning_rate), decay=max(1, to_levels(params.epsilon_decay)),
                    patience=params.decay_patience, window=params.failure_window)
 
     def shrink_succeeded(self) -> None:
@@ -152,7 +152,7 @@ def shrink_to_goal(ctx: AttackContext, params: ShrinkingBallParams, start: Start
     """V-BAD's Algorithm 1 loop from `start` until ε reaches the goal, the iterations or the budget end."""
     x, eps, score = start
     goal_eps = to_levels(params.epsilon)
-    schedule = ShrinkSchedule.from_params(params, params.learning_rate)
+    schedule = ShrinkSchedule.from_params(params)
     for iteration in range(1, params.max_iterations + 1):
         ctx.trace.update(schedule.trace(eps))
         if eps <= goal_eps:
