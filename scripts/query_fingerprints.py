@@ -5,7 +5,7 @@
 
 The benchmark grid runs for days and its rows are only comparable if the attacks' queries stay the same
 under a refactor. Each case runs one attack, untargeted or targeted, on the unit tests' toy oracle
-(tests/attacks/conftest.py) and prints the number of queries, a digest of every clip sent in order,
+(tests/attacks/conftest.py; key-frame selection and RLSB on their tests' own toys) and prints the number of queries, a digest of every clip sent in order,
 and the result. `--against REV` runs this script as it is in REV (which must have it) in a temporary
 worktree and diffs the two outputs. Same machine only: torch and numpy may round differently elsewhere.
 """
@@ -27,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.attacks.conftest import run_on_toy  # noqa: E402
 from tests.attacks.test_keyframe_logic import run_toy as run_keyframe_on_toy  # noqa: E402
+from tests.attacks.test_rlsb_logic import rlsb_with_untrained_policy  # noqa: E402
+from tests.attacks.test_rlsb_logic import run_attack as run_rlsb_on_toy  # noqa: E402
 from worker.attacks import build_attack  # noqa: E402
 
 FAST = {"epsilon_decay": 0.1}  # targeted runs reach the goal ε within the toy budgets
@@ -49,7 +51,11 @@ CASES: dict[str, tuple[str, dict]] = {
     # a surrogate that does not transfer (another seed than the oracle's): the NES finish does the work
     "keyframe_finish": ("keyframe_grad", {"surrogate_seed": 9, "max_iterations": 20, "finish_with": "nes_pgd",
                                           "epsilon": 12 / 255, "finish_population": 20}),
+    # a seeded, untrained policy: the frame-deletion MDP, targeted fine-tuning (PPO) and Sign-OPT with the MAP bound
+    "rlsb": ("rlsb", {"finetune_iterations": 1, "finetune_timesteps": 4}),
+    "rlsb_inline_pretraining": ("rlsb", {"pretrain_inline_queries": 120, "finetune_iterations": 0}),
 }
+OWN_TOY = {"keyframe_grad", "rlsb"}  # attacks replayed on their unit tests' toys, whose bias is fixed
 # (target, toy oracle's bias): reachable goals, and ones the budget cannot reach
 SETTINGS = [(None, 2.0), (None, 4.0), (1, 2.0), (1, 50.0)]
 BUDGET = 1500
@@ -59,6 +65,8 @@ def fingerprint(name: str, params: dict, target: int | None, bias: float) -> str
     clean = np.random.default_rng(3).integers(40, 216, size=(4, 16, 16, 3), dtype=np.uint8)
     if name == "keyframe_grad":  # needs the unit tests' white-box toy surrogate, whose bias is fixed
         oracle, tracker, _ = run_keyframe_on_toy(clean, BUDGET, target=target, **params)
+    elif name == "rlsb":  # its toy's own clip: frame KEY decides the label
+        oracle, tracker, _ = run_rlsb_on_toy(rlsb_attack(params, target), BUDGET, target=target)
     else:
         oracle, tracker = run_on_toy(build_attack(name, params), clean, BUDGET, target=target, bias=bias)
     sent = hashlib.sha256("\n".join(map(str, oracle.log)).encode()).hexdigest()[:16]
@@ -67,9 +75,16 @@ def fingerprint(name: str, params: dict, target: int | None, bias: float) -> str
     return f"queries={oracle.used} sent={sent} result={result} distance={best.distance} success={best.success}"
 
 
+def rlsb_attack(params: dict, target: int | None):
+    attack = rlsb_with_untrained_policy("untargeted" if target is None else "targeted", **params)
+    if params.get("pretrain_inline_queries"):
+        attack.policy = None  # no stored policy: the job pre-trains one with its own queries
+    return attack
+
+
 def print_fingerprints() -> None:
     runs = [(case, target, bias) for case in CASES for target, bias in SETTINGS
-            if bias == 2.0 or CASES[case][0] != "keyframe_grad"]
+            if bias == 2.0 or CASES[case][0] not in OWN_TOY]
     for case, target, bias in tqdm(runs, desc="cases", file=sys.stderr):
         name, params = CASES[case]
         print(f"{case} target={target} bias={bias} {fingerprint(name, params, target, bias)}", flush=True)

@@ -7,6 +7,8 @@ deleting any other frame keeps x + s adversarial, deleting KEY loses the goal.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -75,7 +77,7 @@ class KeyFrameOracle:
         answers = []
         for clip in clips:
             assert clip.dtype == np.uint8
-            self.log.append(hash(clip.tobytes()))
+            self.log.append(hashlib.blake2b(clip.tobytes(), digest_size=8).hexdigest())  # stable across runs
             means = clip[KEY].reshape(-1, 3).mean(axis=0)
             label = int(means.argmax())
             weights = np.exp((means - means.max()) / 20)
@@ -250,11 +252,15 @@ def run_attack(attack: Rlsb, budget: int, target: int | None = None,
     return oracle, tracker, ctx.trace
 
 
-def _attack(**params) -> Rlsb:
-    attack = Rlsb(RlsbParams(initial_directions=12, samples=20, **params))
-    attack.policy = new_policy(T, "targeted" if params.get("finetune_iterations") else "untargeted",
-                               np.random.default_rng(5))
+def rlsb_with_untrained_policy(goal: str = "untargeted", **params) -> Rlsb:
+    """A small RLSB holding a seeded, untrained policy (the tests, scripts/query_fingerprints.py)."""
+    attack = Rlsb(RlsbParams(**{"initial_directions": 12, "samples": 20, **params}))
+    attack.policy = new_policy(T, goal, np.random.default_rng(5))
     return attack
+
+
+def _attack(**params) -> Rlsb:
+    return rlsb_with_untrained_policy("targeted" if params.get("finetune_iterations") else "untargeted", **params)
 
 
 def test_without_a_policy_the_attack_asks_for_pretraining_before_any_query():

@@ -100,6 +100,16 @@ def test_schedule_halves_alpha_on_mostly_failed_tries_and_decay_after_patience()
     assert tiny.alpha == 1.0 and tiny.decay == 1  # never below one uint8 level
 
 
+
+def test_alpha_halves_only_when_more_than_half_of_the_window_lost():
+    """V-BAD Sec. 4.1: "higher than 50%" — exactly half lost keeps α."""
+    schedule = ShrinkSchedule(alpha=8.0, decay=8, patience=3, window=4)
+    for kept in (True, False, True, False):
+        schedule.step_tried(kept)
+    assert schedule.alpha == 8.0
+    schedule.step_tried(False)  # the window slides to (lost, kept, lost, lost)
+    assert schedule.alpha == 4.0
+
 # ε from 40 levels down to the goal's 12 in steps of Δε = 10 levels; α = 2.55 levels
 PARAMS = ShrinkingBallParams(epsilon=0.05, epsilon_decay=0.04, learning_rate=0.01)
 
