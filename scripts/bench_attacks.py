@@ -561,12 +561,28 @@ def probe(args: argparse.Namespace) -> None:
     name, params = parse_spec(args.attack)
     goal = "untargeted" if args.target is None else "targeted"
     prepare = _policy_loader(args.model, goal) if name == "rlsb" else None  # the grid's policy
-    result = run_local(name, params, args.model, clip, args.budget, target_label=args.target, prepare=prepare)
-    print(json.dumps({"attack": args.attack, "clip": args.clip, "success": result.success,
-                      "queries": result.queries, "map": round(result.metrics["map"], 2),
-                      "linf": result.metrics["linf"], "best_score": round(result.history[-1][1], 3) if result.history else None,
-                      "seconds": round(result.seconds, 1), "kernels": zoo.kernels(),
-                      "trace": {k: v for k, v in result.trace.items() if k in PROBE_TRACE_KEYS}}))
+    runs = []
+    for seed in args.seeds or [params.get("seed", 0)]:
+        result = run_local(name, {**params, "seed": seed}, args.model, clip, args.budget, target_label=args.target,
+                           prepare=prepare)
+        runs.append({"attack": args.attack, "clip": args.clip, "seed": seed, "success": result.success,
+                     "queries": result.queries, "map": round(result.metrics["map"], 2),
+                     "linf": result.metrics["linf"],
+                     "best_score": round(result.history[-1][1], 3) if result.history else None,
+                     "seconds": round(result.seconds, 1), "kernels": zoo.kernels(),
+                     "trace": {k: v for k, v in result.trace.items() if k in PROBE_TRACE_KEYS}})
+        print(json.dumps(runs[-1]), flush=True)
+    if len(runs) > 1:
+        print(json.dumps(seed_spread(runs)))
+
+
+def seed_spread(runs: list[dict]) -> dict:
+    """How far one cell's query count moves with the attack's seed alone: the grid runs seed 0 only."""
+    queries = sorted(run["queries"] for run in runs)
+    return {"attack": runs[0]["attack"], "clip": runs[0]["clip"], "seeds": len(runs),
+            "successes": sum(run["success"] for run in runs), "queries_min": queries[0],
+            "queries_median": statistics.median(queries), "queries_max": queries[-1],
+            "queries_by_seed": {run["seed"]: run["queries"] for run in runs}}
 
 
 def main() -> None:
@@ -601,6 +617,8 @@ def main() -> None:
     prober.add_argument("--attack", required=True)
     prober.add_argument("--budget", type=int, default=1500)
     prober.add_argument("--target", type=int)
+    prober.add_argument("--seeds", type=int, nargs="+",
+                        help="run once per seed and print the spread (default: the spec's seed, else 0)")
     args = parser.parse_args()
     started = time.monotonic()
     {"run": run, "table": table, "cost": cost, "plot": plot, "probe": probe}[args.action](args)

@@ -88,3 +88,12 @@ def test_progress_counts_the_runs_of_each_clip_against_a_full_round():
     rows = [_row(True, 100, 8.0, True, index=0), _row(True, 100, 8.0, True, index=0),
             _row(True, 100, 8.0, True, index=2)]
     assert _bench().progress(rows, 2) == "3 runs; clip 0: 2 of 2 (complete); clip 2: 1 of 2"
+
+
+def test_the_seed_spread_of_one_cell():
+    runs = [{"attack": "nes_pgd", "clip": "2", "seed": seed, "success": queries < 15_000, "queries": queries}
+            for seed, queries in [(0, 884), (1, 590), (2, 15_000)]]
+    spread = _bench().seed_spread(runs)
+    assert spread["seeds"] == 3 and spread["successes"] == 2
+    assert (spread["queries_min"], spread["queries_median"], spread["queries_max"]) == (590, 884, 15_000)
+    assert spread["queries_by_seed"] == {0: 884, 1: 590, 2: 15_000}
