@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -415,6 +416,16 @@ def _claim_counts(claim: Claim, pairs: list[tuple[dict, dict]]) -> tuple[int, in
     return held, tied, failed
 
 
+def sign_test(held: int, failed: int) -> float | None:
+    """Two-sided exact sign test over the clips that did not tie: the chance of a split at least this
+    uneven if either attack were as likely to win on each clip. None without such clips."""
+    clips = held + failed
+    if clips == 0:
+        return None
+    tail = sum(math.comb(clips, k) for k in range(min(held, failed) + 1)) / 2**clips
+    return min(1.0, 2 * tail)
+
+
 def _counts_cell(counts: tuple[int, int, int]) -> str:
     return "–".join(map(str, counts)) if any(counts) else "—"
 
@@ -423,8 +434,9 @@ def _claims_table(rows: list[dict]) -> None:
     """The papers' comparisons, clip by clip: a paired count that grows with every round of the grid."""
     runs = {(r.get("via", "inprocess"), r["model"], r["goal"], r["index"], r["attack"]): r for r in rows}
     models = sorted({r["model"] for r in rows})
-    print("\n| the papers expect⁴ | source | goal | " + " | ".join(models) + " | all |")
-    print("|---|---|---|" + "---:|" * (len(models) + 1))
+    print("\n| the papers expect⁴ | source | goal | " + " | ".join(models) + " | all | p⁵ |")
+    print("|---|---|---|" + "---:|" * (len(models) + 2))
+    comparisons = 0
     for claim in CLAIMS:
         for goal in claim.goals:
             cells, total = [], (0, 0, 0)
@@ -435,11 +447,18 @@ def _claims_table(rows: list[dict]) -> None:
                 total = tuple(t + c for t, c in zip(total, counts))
                 cells.append(_counts_cell(counts))
             what = f"`{claim.better}` < `{claim.worse}`" + (" (MAP)" if claim.by_map else "")
-            print(f"| {what} | {claim.source} | {goal} | " + " | ".join(cells) + f" | {_counts_cell(total)} |")
+            p = sign_test(total[0], total[2])
+            comparisons += p is not None
+            print(f"| {what} | {claim.source} | {goal} | " + " | ".join(cells)
+                  + f" | {_counts_cell(total)} | {'—' if p is None else f'{p:.2g}'} |")
     print("\n⁴ Clips on which the claim held – tied – failed, comparing the two attacks' runs on the same clip: "
           "a run that met its criterion (FR², or the MAP bound³ for hard-label attacks) beats one that did not "
           "and otherwise stands by its queries; two that did not, by the MAP reached (hard-label) or the ε "
           "reached (targeted score-based; untargeted ones that failed tie). (MAP): the MAP of clips both fooled.")
+    print(f"\n⁵ Two-sided exact sign test over all models' clips that did not tie: the chance of a split at "
+          f"least this uneven if either attack were as likely to win on each clip. The table makes {comparisons} "
+          f"such comparisons, so about {comparisons / 20:.1f} would show p < 0.05 by chance alone; one run per "
+          f"clip (seed 0), and a single run's queries move with its seed (`probe --seeds`).")
 
 
 FIGURE = Path("benchmarks/grid.png")

@@ -71,7 +71,15 @@ def test_the_claims_table_counts_each_clip_where_a_paper_s_comparison_held_tied_
     _bench().table(argparse.Namespace(results=results))
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| `vbad` < `pbad` |")
                 and "| untargeted |" in x)
-    assert [c.strip() for c in line.strip("|").split("|")][-2:] == ["1–1–1", "1–1–1"]
+    assert [c.strip() for c in line.strip("|").split("|")][-3:] == ["1–1–1", "1–1–1", "1"]  # p of a 1–1 split
+
+
+def test_the_sign_test_of_a_claim():
+    sign_test = _bench().sign_test
+    assert sign_test(0, 0) is None
+    assert sign_test(10, 0) == sign_test(0, 10) == 2 / 2**10
+    assert sign_test(4, 4) == 1.0
+    assert abs(sign_test(8, 2) - 2 * (1 + 10 + 45) / 2**10) < 1e-12
 
 
 def test_the_plot_draws_every_run_of_a_results_file(tmp_path):
