@@ -173,7 +173,7 @@ class ModelOut(BaseModel):
     max_clips: int = Field(description="Most clips one oracle request may carry.")
     kernels: str | None = Field(
         None, description="The float kernels the oracle computes with (torch version, device, CPU instruction "
-        "set). Probabilities differ in their last digits between kernels, and so do the queries of a seeded "
+        "set, processor). Probabilities differ in their last digits between kernels, and so do the queries of a seeded "
         "attack: a job repeats query for query only on an oracle with the same kernels.",
     )
 

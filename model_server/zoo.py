@@ -117,12 +117,16 @@ def load_card(name: str, weights_dir: Path = WEIGHTS_DIR) -> dict:
 
 
 def kernels(device: str | torch.device = "cpu") -> str:
-    """Which float kernels compute the answers, e.g. "torch 2.13.0+cpu, cpu AVX512".
+    """Which float kernels compute the answers, on which processor, e.g.
+    "torch 2.13.0+cpu, cpu AVX512, AMD EPYC family 25 model 17".
 
     A probability's last digits depend on them (AVX-512, AVX2 and scalar code sum in different orders),
     and so do the queries of a seeded attack: the same demo job took 1 472, 1 521, 1 374 and 1 815
     queries on one machine with the kernels capped at AVX-512, AVX2, oneDNN SSE4.1 and scalar code
-    (BENCHMARKS.md). A job is repeatable query for query only on an oracle with the same kernels.
+    (BENCHMARKS.md). The instruction set alone does not settle it: some grid rows of 2026-11-21 do
+    not repeat here with AVX-512 or AVX2 kernels and the code of that day, so the processor is named
+    too (oneDNN may block a convolution differently by CPU). A job repeats query for query only on an
+    oracle whose kernels string is the same, and even then only as far as the processor name tells.
     """
     import os
 
@@ -133,7 +137,27 @@ def kernels(device: str | torch.device = "cpu") -> str:
         where = f"cpu {torch.backends.cpu.get_cpu_capability()}"
         if os.environ.get("ONEDNN_MAX_CPU_ISA"):
             where += f", oneDNN ≤ {os.environ['ONEDNN_MAX_CPU_ISA']}"
+        if processor := cpu_name():
+            where += f", {processor}"
     return f"torch {torch.__version__}, {where}"
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """'AMD EPYC family 25 model 17' from the first processor in /proc/cpuinfo ('' where there is none):
+    a virtual machine's model name can be as vague as "AMD EPYC", family and model say the generation."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, colon, value = line.partition(":")
+        if colon and key.strip() in ("model name", "cpu family", "model"):
+            fields.setdefault(key.strip(), value.strip())
+    if "model name" not in fields:
+        return ""
+    generation = f" family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields else ""
+    return fields["model name"] + generation
 
 
 def load_trained(name: str, weights_dir: Path = WEIGHTS_DIR, device: str | torch.device = "cpu") -> nn.Module:

@@ -74,6 +74,16 @@ def test_one_frame_is_not_enough() -> None:
     assert moving >= 0.9 and frozen <= 0.3
 
 
-def test_kernels_name_the_torch_build_and_the_instruction_set_the_answers_depend_on():
+def test_kernels_name_the_torch_build_the_instruction_set_and_the_processor_the_answers_depend_on():
     signature = zoo.kernels("cpu")
-    assert signature == f"torch {torch.__version__}, cpu {torch.backends.cpu.get_cpu_capability()}"
+    assert signature.startswith(f"torch {torch.__version__}, cpu {torch.backends.cpu.get_cpu_capability()}")
+    assert signature.endswith(zoo.cpu_name())
+
+
+def test_the_processor_is_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                       "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\n")
+    assert zoo.cpu_name(cpuinfo) == "AMD EPYC family 25 model 17"
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # aarch64 names no model
+    assert zoo.cpu_name(cpuinfo) == "" and zoo.cpu_name(tmp_path / "missing") == ""
