@@ -457,7 +457,7 @@ def _claims_table(rows: list[dict]) -> None:
           "reached (targeted score-based; untargeted ones that failed tie). (MAP): the MAP of clips both fooled.")
     print(f"\n⁵ Two-sided exact sign test over all models' clips that did not tie: the chance of a split at "
           f"least this uneven if either attack were as likely to win on each clip. The table makes {comparisons} "
-          f"such comparisons, so about {comparisons / 20:.1f} would show p < 0.05 by chance alone; one run per "
+          f"such comparisons: if no attack were better than another, about {comparisons / 20:.1f} would show p < 0.05 by chance; one run per "
           f"clip (seed 0), and a single run's queries move with its seed (`probe --seeds`).")
 
 
