@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -37,6 +38,14 @@ def test_every_compose_variable_is_a_setting():
     fields = {f"VAAS_{name.upper()}" for name in Settings.model_fields}
     for name in ("worker", "api"):
         assert set(_compose()["services"][name]["environment"]) <= fields
+
+
+def test_the_image_holds_every_package_the_project_installs():
+    """`pip install -e .` in the image finds only what was copied; a missing package breaks its imports
+    (the `vaas` console script is client.cli) only when someone runs it in a container."""
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    copied = set(re.findall(r"^COPY\s+(\S+)\s+\1\s*$", (ROOT / "docker" / "Dockerfile").read_text(), re.M))
+    assert {pattern.rstrip("*") for pattern in include["include"]} <= copied
 
 
 def test_torchserve_ports_are_not_published():
