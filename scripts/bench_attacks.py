@@ -299,8 +299,12 @@ def progress(rows: list[dict], cells_per_clip: int) -> str:
     return f"{len(rows)} runs; " + "; ".join(parts)
 
 
+def load_rows(results: Path) -> list[dict]:
+    return [json.loads(line) for line in results.read_text().splitlines()]
+
+
 def table(args: argparse.Namespace) -> None:
-    rows = [json.loads(line) for line in args.results.read_text().splitlines()]
+    rows = load_rows(args.results)
     cells = len(DEFAULT_ATTACKS) * len({r["model"] for r in rows}) * len({r["goal"] for r in rows})
     print(f"Progress: {progress(rows, cells)}\n")
     groups: dict[tuple[str, str, str], list[dict]] = {}
@@ -333,6 +337,19 @@ def table(args: argparse.Namespace) -> None:
           "they always end adversarial and report the MAP they reached.")
     _policy_table()
     _claims_table(rows)
+
+
+def runs(args: argparse.Namespace) -> None:
+    """Every run of one attack-set clip, one line each: the per-clip figures the findings quote."""
+    rows = [r for r in load_rows(args.results) if r["index"] == args.clip
+            and args.goal in (None, r["goal"]) and args.model in (None, r["model"])]
+    print("| model | goal | attack | success² | within MAP bound³ | queries | MAP | L∞ |")
+    print("|---|---|---|---|---|---:|---:|---:|")
+    for r in sorted(rows, key=lambda r: (r["model"], r["goal"], r["attack"])):
+        bound = r.get("within_map_bound")
+        print(f"| {r['model']} | {r['goal']} | `{r['attack']}` | {'yes' if r['success'] else 'no'} "
+              f"| {'—' if bound is None else ('yes' if bound else 'no')} | {r['queries']:,} "
+              f"| {r['map']:.2f} | {r['linf']} |")
 
 
 def _time(items: list[dict]) -> str:
@@ -467,7 +484,7 @@ FIGURE = Path("benchmarks/grid.png")
 def cost(args: argparse.Namespace) -> None:
     """CPU-hours: round 0 as recorded, and a round at today's speed (each cell's mean over its runs with
     freed memory kept, from any clip; its older runs where it has none), AstFocus's share of it."""
-    rows = [json.loads(line) for line in args.results.read_text().splitlines()]
+    rows = load_rows(args.results)
     cells: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:
         cells.setdefault((row["model"], row["goal"], row["attack"]), []).append(row)
@@ -495,7 +512,7 @@ def plot(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in args.results.read_text().splitlines()]
+    rows = load_rows(args.results)
     models = sorted({r["model"] for r in rows})
     colours = dict(zip(models, plt.get_cmap("tab10").colors))
     figure, axes = plt.subplots(2, 2, figsize=(15, 10))
@@ -625,6 +642,11 @@ def main() -> None:
     runner.add_argument("--key", default=os.environ.get("VAAS_API_KEY"))
     shower = sub.add_parser("table", help="print the markdown table of a results file")
     shower.add_argument("--results", type=Path, default=RESULTS)
+    lister = sub.add_parser("runs", help="every run of one attack-set clip (the figures the findings quote)")
+    lister.add_argument("--clip", type=int, required=True, help="attack-set index (round r is clip 2r)")
+    lister.add_argument("--goal", choices=["untargeted", "targeted"])
+    lister.add_argument("--model")
+    lister.add_argument("--results", type=Path, default=RESULTS)
     coster = sub.add_parser("cost", help="CPU-hours of round 0 and of a round at today's speed")
     coster.add_argument("--results", type=Path, default=RESULTS)
     plotter = sub.add_parser("plot", help="draw every run of a results file (PNG)")
@@ -640,7 +662,7 @@ def main() -> None:
                         help="run once per seed and print the spread (default: the spec's seed, else 0)")
     args = parser.parse_args()
     started = time.monotonic()
-    {"run": run, "table": table, "cost": cost, "plot": plot, "probe": probe}[args.action](args)
+    {"run": run, "table": table, "runs": runs, "cost": cost, "plot": plot, "probe": probe}[args.action](args)
     if args.action == "run":
         print(f"done in {time.monotonic() - started:.0f} s")
 

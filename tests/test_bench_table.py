@@ -105,3 +105,13 @@ def test_the_seed_spread_of_one_cell():
     assert spread["seeds"] == 3 and spread["successes"] == 2
     assert (spread["queries_min"], spread["queries_median"], spread["queries_max"]) == (590, 884, 15_000)
     assert spread["queries_by_seed"] == {0: 884, 1: 590, 2: 15_000}
+
+
+def test_runs_lists_each_run_of_one_clip_and_goal(tmp_path, capsys):
+    rows = [_row(True, 100, 8.0, True), _row(True, 300, 12.0, False, index=2),
+            _row(False, 30_000, 0.0, None, goal="untargeted")]
+    results = tmp_path / "attacks.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _bench().runs(argparse.Namespace(results=results, clip=0, goal="targeted", model=None))
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| tsm |")]
+    assert lines == ["| tsm | targeted | `heuristic` | yes | yes | 100 | 8.00 | 40 |"]
