@@ -221,11 +221,8 @@ def run(args: argparse.Namespace) -> None:
     from model_server import attack_set
 
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if args.results.exists():
-        for line in args.results.read_text().splitlines():
-            row = json.loads(line)
-            done.add((row["model"], row["attack"], row["goal"], row["index"]))
+    done = {(row["model"], row["attack"], row["goal"], row["index"])
+            for row in (load_rows(args.results) if args.results.exists() else [])}
     goals = ["untargeted", "targeted"] if args.goal == "both" else [args.goal]
     models = args.models or temporal_models()
     chosen = {m: [i for i in range(len(attack_set.entries(m))) if i % 2 < args.per_class] for m in models}
