@@ -304,7 +304,7 @@ def table(args: argparse.Namespace) -> None:
     rows = load_rows(args.results)
     cells = len(DEFAULT_ATTACKS) * len({r["model"] for r in rows}) * len({r["goal"] for r in rows})
     print(f"Progress: {progress(rows, cells)}\n")
-    groups: dict[tuple[str, str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["goal"], row["attack"], row.get("via", "inprocess")), []).append(row)
     print("| model | goal | attack | via | clips | FR² | within MAP bound³ | queries mean / median (successes) "
@@ -479,8 +479,9 @@ FIGURE = Path("benchmarks/grid.png")
 
 
 def cost(args: argparse.Namespace) -> None:
-    """CPU-hours: round 0 as recorded, and a round at today's speed (each cell's mean over its runs with
-    freed memory kept, from any clip; its older runs where it has none), AstFocus's share of it."""
+    """CPU-hours: round 0 as recorded, a round at today's speed (each cell's mean over its runs with
+    freed memory kept, from any clip; its older runs where it has none), AstFocus's share of it, and
+    each clip's half of each goal as recorded."""
     rows = load_rows(args.results)
     cells: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:
@@ -500,6 +501,12 @@ def cost(args: argparse.Namespace) -> None:
     print(f"a round at today's speed: {sum(mean.values()) / 3600:.1f} CPU-hours over {len(mean)} cells; "
           f"AstFocus {sum(mean[k] for k in astfocus) / 3600:.1f}, "
           f"its targeted ablations {sum(mean[k] for k in ablations) / 3600:.1f}")
+    recorded: dict[tuple[int, str], list[dict]] = {}
+    for row in rows:
+        recorded.setdefault((row["index"], row["goal"]), []).append(row)
+    for (index, goal), group in sorted(recorded.items()):
+        print(f"clip {index} {goal} as recorded: {sum(map(cpu, group)) / 3600:.2f} CPU-hours over "
+              f"{len(group)} runs")
 
 
 def plot(args: argparse.Namespace) -> None:
@@ -644,7 +651,7 @@ def main() -> None:
     lister.add_argument("--goal", choices=["untargeted", "targeted"])
     lister.add_argument("--model")
     lister.add_argument("--results", type=Path, default=RESULTS)
-    coster = sub.add_parser("cost", help="CPU-hours of round 0 and of a round at today's speed")
+    coster = sub.add_parser("cost", help="CPU-hours of round 0, of a round at today's speed and of each clip and goal as recorded")
     coster.add_argument("--results", type=Path, default=RESULTS)
     plotter = sub.add_parser("plot", help="draw every run of a results file (PNG)")
     plotter.add_argument("--results", type=Path, default=RESULTS)
