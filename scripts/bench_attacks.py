@@ -480,8 +480,8 @@ FIGURE = Path("benchmarks/grid.png")
 
 def cost(args: argparse.Namespace) -> None:
     """CPU-hours: round 0 as recorded, a round at today's speed (each cell's mean over its runs with
-    freed memory kept, from any clip; its older runs where it has none), AstFocus's share of it, and
-    each clip's half of each goal as recorded."""
+    freed memory kept, from any clip; its older runs where it has none), AstFocus's share of it, what a
+    score-based run that spends its whole budget costs, and each clip's half of each goal as recorded."""
     rows = load_rows(args.results)
     cells: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:
@@ -501,6 +501,13 @@ def cost(args: argparse.Namespace) -> None:
     print(f"a round at today's speed: {sum(mean.values()) / 3600:.1f} CPU-hours over {len(mean)} cells; "
           f"AstFocus {sum(mean[k] for k in astfocus) / 3600:.1f}, "
           f"its targeted ablations {sum(mean[k] for k in ablations) / 3600:.1f}")
+    for goal in BUDGETS:
+        for kept, allocator in ((True, "freed memory kept"), (False, "glibc's defaults")):
+            spent = [cpu(r) for r in rows if r["goal"] == goal and r["attack"] in SCORE_ATTACKS
+                     and bool(r.get("memory_kept")) == kept and r["queries"] >= BUDGETS[goal]]
+            if spent:
+                print(f"{goal} score-based runs that spent the whole budget ({allocator}): {len(spent)}, "
+                      f"{min(spent):.0f}-{max(spent):.0f} CPU s (mean {sum(spent) / len(spent):.0f})")
     recorded: dict[tuple[int, str], list[dict]] = {}
     for row in rows:
         recorded.setdefault((row["index"], row["goal"]), []).append(row)
@@ -651,7 +658,7 @@ def main() -> None:
     lister.add_argument("--goal", choices=["untargeted", "targeted"])
     lister.add_argument("--model")
     lister.add_argument("--results", type=Path, default=RESULTS)
-    coster = sub.add_parser("cost", help="CPU-hours of round 0, of a round at today's speed and of each clip and goal as recorded")
+    coster = sub.add_parser("cost", help="CPU-hours of round 0, of a round at today's speed, of a score-based run that spends its budget, and of each clip and goal as recorded")
     coster.add_argument("--results", type=Path, default=RESULTS)
     plotter = sub.add_parser("plot", help="draw every run of a results file (PNG)")
     plotter.add_argument("--results", type=Path, default=RESULTS)

@@ -115,3 +115,18 @@ def test_runs_lists_each_run_of_one_clip_and_goal(tmp_path, capsys):
     _bench().runs(argparse.Namespace(results=results, clip=0, goal="targeted", model=None))
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| tsm |")]
     assert lines == ["| tsm | targeted | `heuristic` | yes | yes | 100 | 8.00 | 40 |"]
+
+
+def test_cost_prints_what_a_score_based_run_that_spends_its_whole_budget_costs(tmp_path, capsys):
+    results = tmp_path / "attacks.jsonl"
+    spent = [_row(False, 30_000, 6.0, None, attack="vbad", memory_kept=True, cpu_seconds=s) for s in (200.0, 400.0)]
+    rows = [*spent,
+            _row(False, 30_000, 6.0, None, attack="vbad", cpu_seconds=900.0),  # older allocator: apart
+            _row(True, 2_000, 6.0, None, attack="vbad", memory_kept=True, cpu_seconds=50.0),  # stopped early
+            _row(False, 30_000, 6.0, None, attack="opt", memory_kept=True, cpu_seconds=20.0)]  # hard-label
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _bench().cost(argparse.Namespace(results=results))
+    out = capsys.readouterr().out
+    assert "targeted score-based runs that spent the whole budget (freed memory kept): 2, 200-400 CPU s (mean 300)" in out
+    assert "targeted score-based runs that spent the whole budget (glibc's defaults): 1, 900-900 CPU s (mean 900)" in out
+    assert "untargeted score-based" not in out
