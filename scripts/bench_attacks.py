@@ -478,6 +478,21 @@ def _claims_table(rows: list[dict]) -> None:
 FIGURE = Path("benchmarks/grid.png")
 
 
+def _cpu(row: dict) -> float:
+    return row.get("cpu_seconds") or row["seconds"]  # rows from before CPU time was recorded: wall
+
+
+def _print_spent_budget_costs(rows: list[dict]) -> None:
+    """What a score-based run that spends its whole budget costs, per goal and allocator setting."""
+    for goal in BUDGETS:
+        for kept, allocator in ((True, "freed memory kept"), (False, "glibc's defaults")):
+            spent = [_cpu(r) for r in rows if r["goal"] == goal and r["attack"] in SCORE_ATTACKS
+                     and bool(r.get("memory_kept")) == kept and r["queries"] >= BUDGETS[goal]]
+            if spent:
+                print(f"{goal} score-based runs that spent the whole budget ({allocator}): {len(spent)}, "
+                      f"{min(spent):.0f}-{max(spent):.0f} CPU s (mean {sum(spent) / len(spent):.0f})")
+
+
 def cost(args: argparse.Namespace) -> None:
     """CPU-hours: round 0 as recorded, a round at today's speed (each cell's mean over its runs with
     freed memory kept, from any clip; its older runs where it has none), AstFocus's share of it, what a
@@ -487,32 +502,23 @@ def cost(args: argparse.Namespace) -> None:
     for row in rows:
         cells.setdefault((row["model"], row["goal"], row["attack"]), []).append(row)
 
-    def cpu(row: dict) -> float:
-        return row.get("cpu_seconds") or row["seconds"]
-
-    per_cell = {key: [cpu(r) for r in ([r for r in group if r.get("memory_kept")] or group)]
+    per_cell = {key: [_cpu(r) for r in ([r for r in group if r.get("memory_kept")] or group)]
                 for key, group in cells.items()}
     mean = {key: sum(v) / len(v) for key, v in per_cell.items()}
     astfocus = [key for key in mean if key[2].startswith("astfocus")]
     ablations = [key for key in astfocus if key[1] == "targeted" and key[2] != "astfocus"]
     first = [r for r in rows if r["index"] == 0]
-    print(f"round 0 as recorded: {sum(map(cpu, first)) / 3600:.1f} CPU-hours "
+    print(f"round 0 as recorded: {sum(map(_cpu, first)) / 3600:.1f} CPU-hours "
           f"({sum(1 for r in first if r.get('memory_kept'))} of {len(first)} runs with freed memory kept)")
     print(f"a round at today's speed: {sum(mean.values()) / 3600:.1f} CPU-hours over {len(mean)} cells; "
           f"AstFocus {sum(mean[k] for k in astfocus) / 3600:.1f}, "
           f"its targeted ablations {sum(mean[k] for k in ablations) / 3600:.1f}")
-    for goal in BUDGETS:
-        for kept, allocator in ((True, "freed memory kept"), (False, "glibc's defaults")):
-            spent = [cpu(r) for r in rows if r["goal"] == goal and r["attack"] in SCORE_ATTACKS
-                     and bool(r.get("memory_kept")) == kept and r["queries"] >= BUDGETS[goal]]
-            if spent:
-                print(f"{goal} score-based runs that spent the whole budget ({allocator}): {len(spent)}, "
-                      f"{min(spent):.0f}-{max(spent):.0f} CPU s (mean {sum(spent) / len(spent):.0f})")
+    _print_spent_budget_costs(rows)
     recorded: dict[tuple[int, str], list[dict]] = {}
     for row in rows:
         recorded.setdefault((row["index"], row["goal"]), []).append(row)
     for (index, goal), group in sorted(recorded.items()):
-        print(f"clip {index} {goal} as recorded: {sum(map(cpu, group)) / 3600:.2f} CPU-hours over "
+        print(f"clip {index} {goal} as recorded: {sum(map(_cpu, group)) / 3600:.2f} CPU-hours over "
               f"{len(group)} runs")
 
 
