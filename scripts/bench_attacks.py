@@ -4,6 +4,7 @@
                                                   [--goal untargeted|targeted|both] [--per-class 1] [--jobs 2]
     .venv/bin/python scripts/bench_attacks.py table [--results benchmarks/attacks.jsonl]
     .venv/bin/python scripts/bench_attacks.py plot  [--figure benchmarks/grid.png]
+    .venv/bin/python scripts/bench_attacks.py clips > benchmarks/per_clip.md
 
 `run --via service --url URL --key KEY` runs the same cells as campaigns through the real stack (one
 campaign per model, goal and attack; rows carry `"via": "service"` and the table has a `via` column).
@@ -349,6 +350,113 @@ def runs(args: argparse.Namespace) -> None:
               f"| {r['map']:.2f} | {r['linf']} |")
 
 
+@dataclass(frozen=True)
+class Family:
+    """Attacks a paper ranks against each other on the same clip; `beside` are shown but not ranked."""
+
+    title: str
+    ranked: tuple[str, ...]
+    beside: tuple[str, ...] = ()
+
+
+FAMILIES = [
+    Family("V-BAD and its variants (V-BAD Sec. 4.2, Tables 3-4)", ("vbad", "pbad", "srbad")),
+    Family("AstFocus and its ablations (AstFocus Table 3, Fig. 9)",
+           ("astfocus", "astfocus:agents=spatial", "astfocus:agents=temporal", "astfocus:agents=none",
+            "astfocus:random_agents=true")),
+    # Key-frame transfer has no MAP bound to meet, so it is not ranked against the query-based ones.
+    Family("Hard-label (RLSB Table 1, Heuristic Table 6) and key-frame transfer",
+           ("rlsb", "heuristic", "heuristic:spatial=false", "sign_opt", "opt"), ("keyframe",)),
+]
+
+
+def _levels(value: int) -> str:
+    return f"{value:,}".replace(",", " ")
+
+
+def _clip_cell(row: dict) -> str:
+    """One run as the per-clip tables show it: queries · MAP where it met its criterion, else ✗ and how
+    far it got (the ε a targeted score-based run reached, the MAP a hard-label one stopped at)."""
+    reached = f"{_levels(row['queries'])} · {row['map']:.2f}"
+    if _met(row):
+        return reached
+    if row.get("within_map_bound") is not None or row["attack"] == "keyframe":
+        return f"✗ {reached}" if row["success"] else "✗ not fooled"
+    if row["goal"] == "targeted":
+        return f"✗ ε {row['linf']}" if row.get("label_met", True) else "✗ lost the target"
+    return f"✗ · {row['map']:.2f}"
+
+
+def _firsts(runs: dict[str, dict]) -> set[str]:
+    """The ranked attacks with the best standing on one clip; none where all of them tie without one
+    meeting its criterion (every untargeted run that spent its budget stands alike)."""
+    standings = {attack: _standing(row) for attack, row in runs.items()}
+    best = min(standings.values())
+    firsts = {attack for attack, standing in standings.items() if standing == best}
+    return set() if best[0] > 0 and len(firsts) == len(runs) else firsts
+
+
+def _lowest_maps(runs: dict[str, dict]) -> set[str]:
+    """The ranked attacks with the lowest MAP among those that met their criterion, where two or more did."""
+    met = {attack: row["map"] for attack, row in runs.items() if _met(row)}
+    return {a for a, m in met.items() if m == min(met.values())} if len(met) > 1 else set()
+
+
+def _family_table(family: Family, goal: str, rows: list[dict]) -> None:
+    by_clip: dict[tuple[str, int], dict[str, dict]] = {}
+    for row in rows:
+        if row["goal"] == goal and row["attack"] in family.ranked + family.beside:
+            by_clip.setdefault((row["model"], row["index"]), {})[row["attack"]] = row
+    columns = family.ranked + family.beside
+    tally = {attack: [0, 0, 0, 0, 0] for attack in columns}  # clips, met, first alone, tied, lowest MAP
+    print(f"\n### {family.title}, {goal} (budget {_levels(BUDGETS[goal])})\n")
+    print("| model | clip | " + " | ".join(f"`{a}`" for a in columns) + " |")
+    print("|---|---:|" + "---:|" * len(columns))
+    for (model, index), clip_runs in sorted(by_clip.items()):
+        ranked = {a: r for a, r in clip_runs.items() if a in family.ranked}
+        complete = len(ranked) == len(family.ranked)
+        firsts = _firsts(ranked) if complete else set()
+        for attack in family.beside:
+            if complete and attack in clip_runs:
+                tally[attack][0] += 1
+                tally[attack][1] += _met(clip_runs[attack])
+        for attack, row in ranked.items() if complete else ():
+            counts = tally[attack]
+            counts[0] += 1
+            counts[1] += _met(row)
+            counts[2] += firsts == {attack}
+            counts[3] += attack in firsts and len(firsts) > 1
+            counts[4] += attack in _lowest_maps(ranked)
+        cells = [("**" + _clip_cell(clip_runs[a]) + "**" if a in firsts else _clip_cell(clip_runs[a]))
+                 if a in clip_runs else "" for a in columns]
+        print(f"| {model} | {index} | " + " | ".join(cells) + " |")
+    print("\n| attack | clips | met its criterion | first alone | first, tied | lowest MAP of those that met it |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for attack, (clips, met, alone, tied, lowest) in tally.items():
+        ranks = (alone, tied, lowest) if attack in family.ranked else ("—",) * 3
+        print(f"| `{attack}` | {clips} | {met} | " + " | ".join(map(str, ranks)) + " |")
+
+
+def clips(args: argparse.Namespace) -> None:
+    """Every clip of the grid, family by family: who came first and how far each got."""
+    rows = [r for r in load_rows(args.results) if r.get("via", "inprocess") == args.via
+            and (args.upto is None or r["index"] <= args.upto)]
+    upto = "" if args.upto is None else f" --upto {args.upto}"
+    print("# Attack grid, clip by clip\n")
+    print(f"Written by `.venv/bin/python scripts/bench_attacks.py clips{upto} > benchmarks/per_clip.md` from "
+          f"`{args.results}` ({progress(rows, len(DEFAULT_ATTACKS) * 10)}).\n")
+    print("A cell is one run: `queries · MAP` where the run met its criterion (FR for score-based attacks: "
+          "the goal at ε = 0.05; the MAP bound 3 / 9 for hard-label ones; fooled for key-frame transfer), "
+          "else ✗ and how far it got: the ε (uint8 levels, goal 12) a targeted score-based run brought down, "
+          "the queries · MAP a hard-label run stopped at. **Bold**: first on that clip, by the standing the "
+          "claims table uses (met the criterion, then fewer queries; else nearer the goal); no bold where every "
+          "ranked attack failed alike. Each family's tally follows its table and counts only the clips on "
+          "which every ranked attack of the family has run.")
+    for family in FAMILIES:
+        for goal in ("untargeted", "targeted"):
+            _family_table(family, goal, rows)
+
+
 def _time(items: list[dict]) -> str:
     kept = [r["cpu_seconds"] for r in items if r.get("memory_kept")]
     if kept:
@@ -664,6 +772,11 @@ def main() -> None:
     lister.add_argument("--goal", choices=["untargeted", "targeted"])
     lister.add_argument("--model")
     lister.add_argument("--results", type=Path, default=RESULTS)
+    clipper = sub.add_parser("clips", help="every clip, family by family: who came first and how far each got "
+                             "(markdown: benchmarks/per_clip.md)")
+    clipper.add_argument("--results", type=Path, default=RESULTS)
+    clipper.add_argument("--via", choices=["inprocess", "service"], default="inprocess")
+    clipper.add_argument("--upto", type=int, help="only attack-set clips up to this index (complete rounds)")
     coster = sub.add_parser("cost", help="CPU-hours of round 0, of a round at today's speed, of a score-based run that spends its budget, and of each clip and goal as recorded")
     coster.add_argument("--results", type=Path, default=RESULTS)
     plotter = sub.add_parser("plot", help="draw every run of a results file (PNG)")
@@ -679,7 +792,7 @@ def main() -> None:
                         help="run once per seed and print the spread (default: the spec's seed, else 0)")
     args = parser.parse_args()
     started = time.monotonic()
-    {"run": run, "table": table, "runs": runs, "cost": cost, "plot": plot, "probe": probe}[args.action](args)
+    {"run": run, "table": table, "runs": runs, "clips": clips, "cost": cost, "plot": plot, "probe": probe}[args.action](args)
     if args.action == "run":
         print(f"done in {time.monotonic() - started:.0f} s")
 

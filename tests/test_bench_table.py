@@ -130,3 +130,26 @@ def test_cost_prints_what_a_score_based_run_that_spends_its_whole_budget_costs(t
     assert "targeted score-based runs that spent the whole budget (freed memory kept): 2, 200-400 CPU s (mean 300)" in out
     assert "targeted score-based runs that spent the whole budget (glibc's defaults): 1, 900-900 CPU s (mean 900)" in out
     assert "untargeted score-based" not in out
+
+
+def test_clips_bolds_who_came_first_on_each_clip_and_tallies_each_family(tmp_path, capsys):
+    def score(attack: str, index: int, success: bool, queries: int) -> dict:
+        return _row(success, queries, 6.0, None, attack=attack, goal="untargeted", index=index, linf=12)
+
+    rows = [score("vbad", 0, True, 100), score("pbad", 0, True, 200), score("srbad", 0, False, 15_000),
+            *(score(a, 2, False, 15_000) for a in ("vbad", "pbad", "srbad")),  # all failed alike: no first
+            score("vbad", 4, True, 50), score("srbad", 4, True, 50),  # P-BAD has not run: shown, not tallied
+            _row(True, 300, 2.5, True, attack="rlsb"), _row(True, 4_000, 12.5, False, attack="opt"),
+            _row(False, 42, 5.5, None, attack="keyframe")]
+    results = tmp_path / "attacks.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _bench().clips(argparse.Namespace(results=results, via="inprocess", upto=None))
+    lines = capsys.readouterr().out.splitlines()
+    assert "| tsm | 0 | **100 · 6.00** | 200 · 6.00 | ✗ · 6.00 |" in lines
+    assert "| tsm | 2 | ✗ · 6.00 | ✗ · 6.00 | ✗ · 6.00 |" in lines
+    assert "| tsm | 4 | 50 · 6.00 |  | 50 · 6.00 |" in lines
+    assert "| `vbad` | 2 | 1 | 1 | 0 | 1 |" in lines  # clips, met, first alone, tied, lowest MAP
+    assert "| `srbad` | 2 | 0 | 0 | 0 | 0 |" in lines
+    # Heuristic and Sign-OPT have not run: no first; key-frame transfer is shown beside, never ranked.
+    assert "| tsm | 0 | 300 · 2.50 |  |  |  | ✗ 4 000 · 12.50 | ✗ not fooled |" in lines
+    assert "| `keyframe` | 0 | 0 | — | — | — |" in lines
