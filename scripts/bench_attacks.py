@@ -413,23 +413,30 @@ def _family_table(family: Family, goal: str, rows: list[dict]) -> None:
     print("| model | clip | " + " | ".join(f"`{a}`" for a in columns) + " |")
     print("|---|---:|" + "---:|" * len(columns))
     for (model, index), clip_runs in sorted(by_clip.items()):
-        ranked = {a: r for a, r in clip_runs.items() if a in family.ranked}
-        complete = len(ranked) == len(family.ranked)
-        firsts = _firsts(ranked) if complete else set()
-        for attack in family.beside:
-            if complete and attack in clip_runs:
-                tally[attack][0] += 1
-                tally[attack][1] += _met(clip_runs[attack])
-        for attack, row in ranked.items() if complete else ():
-            counts = tally[attack]
-            counts[0] += 1
-            counts[1] += _met(row)
-            counts[2] += firsts == {attack}
-            counts[3] += attack in firsts and len(firsts) > 1
-            counts[4] += attack in _lowest_maps(ranked)
+        firsts = _tally_clip(tally, family, clip_runs)
         cells = [("**" + _clip_cell(clip_runs[a]) + "**" if a in firsts else _clip_cell(clip_runs[a]))
                  if a in clip_runs else "" for a in columns]
         print(f"| {model} | {index} | " + " | ".join(cells) + " |")
+    _print_tally(tally, family)
+
+
+def _tally_clip(tally: dict[str, list[int]], family: Family, clip_runs: dict[str, dict]) -> set[str]:
+    """Count one clip into the family's tally, if every ranked attack has run on it; its firsts."""
+    ranked = {a: r for a, r in clip_runs.items() if a in family.ranked}
+    if len(ranked) < len(family.ranked):
+        return set()
+    firsts, lowest = _firsts(ranked), _lowest_maps(ranked)
+    for attack, row in clip_runs.items():
+        counts = tally[attack]
+        counts[0] += 1
+        counts[1] += _met(row)
+        counts[2] += firsts == {attack}
+        counts[3] += attack in firsts and len(firsts) > 1
+        counts[4] += attack in lowest
+    return firsts
+
+
+def _print_tally(tally: dict[str, list[int]], family: Family) -> None:
     print("\n| attack | clips | met its criterion | first alone | first, tied | lowest MAP of those that met it |")
     print("|---|---:|---:|---:|---:|---:|")
     for attack, (clips, met, alone, tied, lowest) in tally.items():
@@ -443,8 +450,9 @@ def clips(args: argparse.Namespace) -> None:
             and (args.upto is None or r["index"] <= args.upto)]
     upto = "" if args.upto is None else f" --upto {args.upto}"
     print("# Attack grid, clip by clip\n")
+    cells = len(DEFAULT_ATTACKS) * len({r["model"] for r in rows}) * len({r["goal"] for r in rows})
     print(f"Written by `.venv/bin/python scripts/bench_attacks.py clips{upto} > benchmarks/per_clip.md` from "
-          f"`{args.results}` ({progress(rows, len(DEFAULT_ATTACKS) * 10)}).\n")
+          f"`{args.results}` ({progress(rows, cells)}).\n")
     print("A cell is one run: `queries · MAP` where the run met its criterion (FR for score-based attacks: "
           "the goal at ε = 0.05; the MAP bound 3 / 9 for hard-label ones; fooled for key-frame transfer), "
           "else ✗ and how far it got: the ε (uint8 levels, goal 12) a targeted score-based run brought down, "
