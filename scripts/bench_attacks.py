@@ -297,14 +297,18 @@ def progress(rows: list[dict], cells_per_clip: int) -> str:
     return f"{len(rows)} runs; " + "; ".join(parts)
 
 
+def _cells_per_clip(rows: list[dict]) -> int:
+    """Runs that complete one clip: every default attack on every model and goal the rows hold."""
+    return len(DEFAULT_ATTACKS) * len({r["model"] for r in rows}) * len({r["goal"] for r in rows})
+
+
 def load_rows(results: Path) -> list[dict]:
     return [json.loads(line) for line in results.read_text().splitlines()]
 
 
 def table(args: argparse.Namespace) -> None:
     rows = load_rows(args.results)
-    cells = len(DEFAULT_ATTACKS) * len({r["model"] for r in rows}) * len({r["goal"] for r in rows})
-    print(f"Progress: {progress(rows, cells)}\n")
+    print(f"Progress: {progress(rows, _cells_per_clip(rows))}\n")
     groups: dict[tuple[str, str, str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["goal"], row["attack"], row.get("via", "inprocess")), []).append(row)
@@ -370,14 +374,15 @@ FAMILIES = [
 ]
 
 
-def _levels(value: int) -> str:
+def _spaced(value: int) -> str:
+    """1 668 rather than 1,668, as BENCHMARKS' prose writes counts."""
     return f"{value:,}".replace(",", " ")
 
 
 def _clip_cell(row: dict) -> str:
     """One run as the per-clip tables show it: queries · MAP where it met its criterion, else ✗ and how
     far it got (the ε a targeted score-based run reached, the MAP a hard-label one stopped at)."""
-    reached = f"{_levels(row['queries'])} · {row['map']:.2f}"
+    reached = f"{_spaced(row['queries'])} · {row['map']:.2f}"
     if _met(row):
         return reached
     if row.get("within_map_bound") is not None or row["attack"] == "keyframe":
@@ -403,13 +408,13 @@ def _lowest_maps(runs: dict[str, dict]) -> set[str]:
 
 
 def _family_table(family: Family, goal: str, rows: list[dict]) -> None:
+    columns = family.ranked + family.beside
     by_clip: dict[tuple[str, int], dict[str, dict]] = {}
     for row in rows:
-        if row["goal"] == goal and row["attack"] in family.ranked + family.beside:
+        if row["goal"] == goal and row["attack"] in columns:
             by_clip.setdefault((row["model"], row["index"]), {})[row["attack"]] = row
-    columns = family.ranked + family.beside
     tally = {attack: [0, 0, 0, 0, 0] for attack in columns}  # clips, met, first alone, tied, lowest MAP
-    print(f"\n### {family.title}, {goal} (budget {_levels(BUDGETS[goal])})\n")
+    print(f"\n### {family.title}, {goal} (budget {_spaced(BUDGETS[goal])})\n")
     print("| model | clip | " + " | ".join(f"`{a}`" for a in columns) + " |")
     print("|---|---:|" + "---:|" * len(columns))
     for (model, index), clip_runs in sorted(by_clip.items()):
@@ -450,9 +455,8 @@ def clips(args: argparse.Namespace) -> None:
             and (args.upto is None or r["index"] <= args.upto)]
     upto = "" if args.upto is None else f" --upto {args.upto}"
     print("# Attack grid, clip by clip\n")
-    cells = len(DEFAULT_ATTACKS) * len({r["model"] for r in rows}) * len({r["goal"] for r in rows})
     print(f"Written by `.venv/bin/python scripts/bench_attacks.py clips{upto} > benchmarks/per_clip.md` from "
-          f"`{args.results}` ({progress(rows, cells)}).\n")
+          f"`{args.results}` ({progress(rows, _cells_per_clip(rows))}).\n")
     print("A cell is one run: `queries · MAP` where the run met its criterion (FR for score-based attacks: "
           "the goal at ε = 0.05; the MAP bound 3 / 9 for hard-label ones; fooled for key-frame transfer), "
           "else ✗ and how far it got: the ε (uint8 levels, goal 12) a targeted score-based run brought down, "
