@@ -39,6 +39,15 @@ def test_antithetic_noise_interleaves_pairs():
     assert np.array_equal(noise[0::2], -noise[1::2])
 
 
+def test_masked_noise_is_bit_for_bit_the_unmasked_noise_masked():
+    # AstFocus and key-frame finishing mask inside antithetic_noise; the grid's rows need the same directions
+    mask = np.zeros((4, 6, 6, 1), dtype=np.float32)
+    mask[1:3, 2:5, 1:4] = 1.0
+    masked_after = antithetic_noise(np.random.default_rng(7), (4, 6, 6, 3), pairs=5) * mask
+    masked_inside = antithetic_noise(np.random.default_rng(7), (4, 6, 6, 3), pairs=5, mask=mask)
+    assert np.array_equal(masked_after.view(np.uint32), masked_inside.view(np.uint32))  # signed zeros too
+
+
 def test_nes_recovers_the_sign_of_a_linear_loss():
     rng = np.random.default_rng(1)
     direction = rng.standard_normal(50).astype(np.float32)
@@ -117,6 +126,16 @@ def test_probe_samples_are_projected_steps_along_each_direction():
     assert samples.shape == (4, *clean.shape) and samples.dtype == np.uint8
     assert np.abs(samples.astype(int) - clean).max() <= 3 and samples.max() <= 255
     assert np.array_equal(samples[0], project_linf(clean + 2.55 * directions[0], clean, 3))
+
+
+def test_probe_samples_take_directions_one_at_a_time_from_a_generator():
+    # V-BAD streams its patch-weighted directions rather than holding all of them at once
+    rng = np.random.default_rng(2)
+    clean = rng.integers(0, 256, size=(2, 4, 4, 3), dtype=np.uint8)
+    x = project_linf(clean + rng.normal(0, 4, clean.shape), clean, 6)
+    directions = antithetic_noise(rng, clean.shape, 3)
+    streamed = probe_samples(x, clean, 6, 5.1, (u for u in directions))
+    assert np.array_equal(streamed, np.stack([project_linf(x + 5.1 * u, clean, 6) for u in directions]))
 
 
 def test_scores_are_minus_the_goal_score_of_the_answered_samples():

@@ -481,7 +481,7 @@ class AstFocus(Attack):
         mask = agents.mask(focus, x.shape)
         self._trace_focus(ctx, focus, mask)
         sigma = p.probe(ctx.goal.targeted)
-        noise = antithetic_noise(ctx.rng, x.shape, p.samples // 2) * mask  # only the focused sub-video
+        noise = antithetic_noise(ctx.rng, x.shape, p.samples // 2, mask)  # only the focused sub-video
         samples = probe_samples(x, ctx.clean, eps, in_levels(sigma), noise)
         scored = score_samples(ctx, samples, stop_when_met=not ctx.goal.targeted)
         if scored is None:

@@ -563,7 +563,7 @@ class KeyframeGrad(Attack):
     ) -> tuple[np.ndarray, bool]:
         """Antithetic NES of ∇(−score), noise on the key frames only; `done` when a sample meets the goal."""
         p = self.params
-        noise = antithetic_noise(ctx.rng, x.shape, p.finish_population // 2) * keep
+        noise = antithetic_noise(ctx.rng, x.shape, p.finish_population // 2, keep)
         samples = probe_samples(x, ctx.clean, eps, in_levels(p.finish_sigma), noise)
         scored = score_samples(ctx, samples, stop_when_met=True)  # no ε to shrink: the label is the goal
         if scored is None:

@@ -7,7 +7,7 @@ are given on [0, 1] like in the papers and turned into whole pixel levels here.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -29,26 +29,38 @@ def in_levels(value: float) -> float:
     return value * LEVELS
 
 
+def linf_ball(clean: np.ndarray, eps_levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest uint8 level of every pixel within eps_levels of `clean`."""
+    wide = clean.astype(np.int16)
+    return np.clip(wide - eps_levels, 0, 255), np.clip(wide + eps_levels, 0, 255)
+
+
 def project_linf(x: np.ndarray, clean: np.ndarray, eps_levels: int) -> np.ndarray:
     """Round to the uint8 grid, then clip into the L∞ ball of radius eps_levels around `clean`."""
-    low = np.clip(clean.astype(np.int16) - eps_levels, 0, 255)
-    high = np.clip(clean.astype(np.int16) + eps_levels, 0, 255)
+    low, high = linf_ball(clean, eps_levels)
     return np.clip(np.rint(x), low, high).astype(np.uint8)
 
 
-def antithetic_noise(rng: np.random.Generator, shape: tuple[int, ...], pairs: int) -> np.ndarray:
+def antithetic_noise(rng: np.random.Generator, shape: tuple[int, ...], pairs: int,
+                     mask: np.ndarray | None = None) -> np.ndarray:
     """Gaussian directions u_1..u_n, each followed by its negation: [u1, -u1, u2, -u2, …].
 
     Interleaving keeps whole pairs at the front, so a batch shrunk to the last queries of the budget
-    still yields a usable estimate.
+    still yields a usable estimate. `mask` (broadcast to `shape`) zeroes the directions outside it
+    before the negations are made: bit for bit the same directions as masking the result, with one
+    clip-sized product per pair instead of two.
     """
     half = rng.standard_normal((pairs, *shape), dtype=np.float32)
+    if mask is not None:
+        half *= mask
     return np.stack([half, -half], axis=1).reshape(2 * pairs, *shape)
 
 
-def probe_samples(x: np.ndarray, clean: np.ndarray, eps: int, probe: float, directions: np.ndarray) -> np.ndarray:
+def probe_samples(x: np.ndarray, clean: np.ndarray, eps: int, probe: float,
+                  directions: Iterable[np.ndarray]) -> np.ndarray:
     """x + probe·u for every direction u, each projected into the ε ball on the uint8 grid."""
-    return np.stack([project_linf(x + probe * u, clean, eps) for u in directions])
+    low, high = linf_ball(clean, eps)  # once for all directions: project_linf per direction redid it each time
+    return np.stack([np.clip(np.rint(x + probe * u), low, high).astype(np.uint8) for u in directions])
 
 
 def offer_candidate(ctx: AttackContext, clip: np.ndarray) -> tuple[bool, float, Prediction]:
