@@ -6,9 +6,10 @@ The parts are the calls `AstFocus._focused_gradient` and the untargeted loop mak
 defaults (n = 60 NES samples, both agents, ε = 0.05): the agents choosing a focus, the antithetic
 noise drawn over the whole clip and masked to the focus (what the attack does), the 60 probes
 projected into the ε ball, the oracle's forward of those 60 clips (in process, as the grid runs it),
-the NES estimate, and the agents' rewards and PPO update. One row not part of the attack: the same
-noise drawn only inside the focus and scattered into a zero clip, the cheaper draw it could make
-(it would change the random stream, and so every AstFocus run's queries).
+the NES estimate, and the agents' rewards and PPO update (the PGD step's own query, one clip, is
+left out). One row not part of the attack: the same noise drawn only inside the focus and scattered
+into a zero clip, the cheaper draw it could make (it would change the random stream, and so every
+AstFocus run's queries).
 """
 from __future__ import annotations
 
