@@ -29,8 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.memory import keep_freed_memory  # noqa: E402
 from model_server import attack_set  # noqa: E402
 from worker.attacks.astfocus import AstFocusParams, FocusAgents, common_reward  # noqa: E402
-from worker.attacks.primitives import antithetic_noise, in_levels, nes_gradient, probe_samples, to_levels  # noqa: E402
+from worker.attacks.primitives import (  # noqa: E402
+    antithetic_noise,
+    in_levels,
+    nes_gradient,
+    probe_samples,
+    to_levels,
+)
 from worker.inprocess import InProcessOracle  # noqa: E402
+
+NOT_USED = "(not used) noise drawn inside the focus only"
 
 
 def focus_only_noise(rng: np.random.Generator, mask: np.ndarray, channels: int, pairs: int) -> np.ndarray:
@@ -44,7 +52,7 @@ def focus_only_noise(rng: np.random.Generator, mask: np.ndarray, channels: int, 
 def one_iteration(agents: FocusAgents, oracle: InProcessOracle, clean: np.ndarray, rng: np.random.Generator,
                   params: AstFocusParams) -> dict[str, float]:
     """Seconds of each part of one untargeted iteration from the clean clip."""
-    eps, sigma = to_levels(params.epsilon), params.probe(targeted=False)
+    eps, sigma, pairs = to_levels(params.epsilon), params.probe(targeted=False), params.samples // 2
     seconds: dict[str, float] = {}
 
     def timed(part: str, call: Callable[[], object]) -> object:
@@ -55,15 +63,16 @@ def one_iteration(agents: FocusAgents, oracle: InProcessOracle, clean: np.ndarra
 
     focus = timed("agents choose a focus", agents.act)
     mask = timed("focus mask", lambda: agents.mask(focus, clean.shape))
-    noise = timed("noise over the whole clip, masked", lambda: antithetic_noise(rng, clean.shape, params.samples // 2, mask))
-    timed("(not used) noise drawn inside the focus only",
-          lambda: focus_only_noise(rng, mask, clean.shape[3], params.samples // 2))
-    samples = timed("60 probes into the ε ball", lambda: probe_samples(clean, clean, eps, in_levels(sigma), noise))
+    noise = timed("noise over the whole clip, masked",
+                  lambda: antithetic_noise(rng, clean.shape, pairs, mask))
+    timed(NOT_USED, lambda: focus_only_noise(rng, mask, clean.shape[3], pairs))
+    samples = timed("60 probes into the ε ball",
+                    lambda: probe_samples(clean, clean, eps, in_levels(sigma), noise))
     answers = timed("oracle forward of the 60 probes", lambda: oracle.predict(samples))
     losses = np.array([-a["probability"] for a in answers], dtype=np.float32)
     timed("NES estimate", lambda: nes_gradient(losses, noise, sigma))
-    timed("agents' rewards and PPO update",
-          lambda: agents.learn(focus, *agents.rewards(focus, common_reward(answers[0]["probability"], float(losses.min())))))
+    common = common_reward(answers[0]["probability"], float(losses.min()))  # any score change will do
+    timed("agents' rewards and PPO update", lambda: agents.learn(focus, *agents.rewards(focus, common)))
     seconds["share of the focus in the clip"] = float(mask.mean())
     return seconds
 
@@ -82,15 +91,16 @@ def main() -> None:
     agents = FocusAgents(params, clean, rng)
     oracle = InProcessOracle(args.model, max_queries=10**9)
     one_iteration(agents, oracle, clean, rng, params)  # warm-up: first forwards and optimiser state
-    timings = [one_iteration(agents, oracle, clean, rng, params) for _ in tqdm(range(args.reps), desc="iterations")]
+    timings = [one_iteration(agents, oracle, clean, rng, params)
+               for _ in tqdm(range(args.reps), desc="iterations")]
     share = statistics.mean(t.pop("share of the focus in the clip") for t in timings)
     medians = {part: statistics.median(t[part] for t in timings) for part in timings[0]}
-    total = sum(v for part, v in medians.items() if not part.startswith("(not used)"))
+    total = sum(v for part, v in medians.items() if part != NOT_USED)
     print(f"{args.model}, attack-set clip {args.clip}, {args.threads} torch thread(s), median of {args.reps} "
           f"iterations; the focus covered {100 * share:.1f} % of the clip on average\n")
     print("| part of one iteration | ms | share of the iteration |\n|---|---:|---:|")
     for part, value in medians.items():
-        cell = "—" if part.startswith("(not used)") else f"{100 * value / total:.1f} %"
+        cell = "—" if part == NOT_USED else f"{100 * value / total:.1f} %"
         print(f"| {part} | {1000 * value:.1f} | {cell} |")
     print(f"| iteration (the attack's parts) | {1000 * total:.1f} | 100 % |")
 

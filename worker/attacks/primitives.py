@@ -59,7 +59,7 @@ def antithetic_noise(rng: np.random.Generator, shape: tuple[int, ...], pairs: in
 def probe_samples(x: np.ndarray, clean: np.ndarray, eps: int, probe: float,
                   directions: Iterable[np.ndarray]) -> np.ndarray:
     """x + probe·u for every direction u, each projected into the ε ball on the uint8 grid."""
-    low, high = linf_ball(clean, eps)  # once for all directions: project_linf per direction redid it each time
+    low, high = linf_ball(clean, eps)  # once per batch, not once per direction as project_linf would
     return np.stack([np.clip(np.rint(x + probe * u), low, high).astype(np.uint8) for u in directions])
 
 
