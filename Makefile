@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install up down status bench train clean
+.PHONY: demo test lint install up down status bench train clean
 
 demo: $(STAMP)            ## run one NES+PGD attack end to end on the bundled sample, through the REST API
 	$(PY) scripts/demo.py $(DEMO_ARGS)
@@ -11,6 +11,9 @@ demo: $(STAMP)            ## run one NES+PGD attack end to end on the bundled sa
 test: $(STAMP)            ## the whole suite against real Postgres, Redis, Celery, TorchServe and Chromium
 	bash scripts/install_chromium.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)            ## ruff with the rules pyproject.toml names
+	$(VENV)/bin/ruff check .
 
 install: $(STAMP)
 

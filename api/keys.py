@@ -17,7 +17,7 @@ import hashlib
 import secrets
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -93,7 +93,7 @@ def revoke_key(session: Session, prefix_or_id: str | int) -> ApiKey:
     """Revoke a key (idempotent: an already revoked key keeps its first revocation time)."""
     key = resolve_key(session, str(prefix_or_id))
     if key.revoked_at is None:
-        key.revoked_at = datetime.now(timezone.utc)
+        key.revoked_at = datetime.now(UTC)
         session.commit()
     return key
 

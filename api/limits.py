@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from fastapi import HTTPException
 from sqlalchemy import case, func, select, update
@@ -93,7 +93,7 @@ def enforce_limits(session: Session, key: ApiKey, settings: Settings, new_jobs: 
     With `lock=True` the key's row is locked for the rest of the caller's transaction: call it in the
     transaction that inserts the jobs, right before the inserts, and commit (or roll back) promptly.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     limits = _lock_key(session, key, settings) if lock else KeyLimits.of(key, settings)
     usage = read_usage(session, key.id, now)
     _check_total_queries(key, limits, usage, new_queries)
@@ -147,7 +147,7 @@ def read_usage(session: Session, key_id: int, now: datetime) -> KeyUsage:
 
 def _as_utc(value: datetime) -> datetime:
     # SQLite drops the timezone of DateTime(timezone=True); every time we store is UTC.
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _jobs(n: int) -> str:

@@ -65,7 +65,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return html.escape(str(value))
 
 
-def _svg(figure) -> str:  # noqa: ANN001 - a matplotlib Figure
+def _svg(figure) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.StringIO()

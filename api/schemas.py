@@ -1,7 +1,7 @@
 """Response models: what clients see, decoupled from the database rows they are built from."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -12,7 +12,7 @@ from model_server.client import ModelSpec
 
 def _as_utc(value: datetime) -> datetime:
     # SQLite drops the timezone of DateTime(timezone=True); every time we store is UTC.
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]

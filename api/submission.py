@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +212,7 @@ class CleanAnswer:
 
 
 def query_clean(oracle: OracleHTTP, model: str, clip: np.ndarray) -> CleanAnswer:
-    sent_at = datetime.now(timezone.utc)
+    sent_at = datetime.now(UTC)
     started = time.perf_counter()
     try:
         (prediction,) = oracle.predict(model, clip[None])
@@ -221,7 +221,7 @@ def query_clean(oracle: OracleHTTP, model: str, clip: np.ndarray) -> CleanAnswer
         # client's: a gateway error, not a 4xx.
         raise HTTPException(502, f"the model server refused the clean clip: {exc}") from exc
     latency_ms = (time.perf_counter() - started) * 1000.0
-    return CleanAnswer(prediction, sent_at, datetime.now(timezone.utc), latency_ms)
+    return CleanAnswer(prediction, sent_at, datetime.now(UTC), latency_ms)
 
 
 def check_target_differs(target_label: int | None, clean: Prediction) -> None:
@@ -320,7 +320,7 @@ def enqueue(session: Session, job: Job) -> None:
     """Hand the job to the workers; if the broker refuses, the job ends as error (never stuck queued)."""
     try:
         celery_app.send_task(RUN_ATTACK_TASK, args=[job.id], retry_policy=PUBLISH_RETRY)
-    except Exception as exc:  # noqa: BLE001 - any publish failure leaves a job no worker will see
+    except Exception as exc:
         log.warning("could not queue job %s: %s", job.id, exc)
         reason = first_line(exc)
         session.execute(
@@ -329,7 +329,7 @@ def enqueue(session: Session, job: Job) -> None:
             .values(
                 status=JobStatus.error.value,
                 error=f"the task broker was unreachable at submission ({reason}); submit the job again",
-                finished_at=datetime.now(timezone.utc),
+                finished_at=datetime.now(UTC),
             )
         )
         session.commit()

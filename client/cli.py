@@ -1283,7 +1283,7 @@ def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | 
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `vaas queries … | head`
         try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+            sys.stdout = open(os.devnull, "w")
         except OSError:
             pass
         return EXIT_OK

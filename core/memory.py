@@ -44,7 +44,7 @@ def keep_freed_memory(keep_mb: int | None = None) -> bool:
     return accepted
 
 
-def _glibc_mallopt():  # noqa: ANN202 - a ctypes function or None
+def _glibc_mallopt():
     name = ctypes.util.find_library("c")
     if name is None:
         return None

@@ -128,7 +128,7 @@ def _failure_reason(exc: Exception) -> str:
     return strerror if isinstance(strerror, str) and strerror else f"{type(exc).__name__}: {exc}"
 
 
-def _video_stream(container):  # noqa: ANN001, ANN202 - av types are imported lazily
+def _video_stream(container):
     """The first video stream, refusing still images and files without video."""
     format_name = container.format.name
     if format_name.endswith("_pipe") or format_name == "image2":
@@ -145,7 +145,7 @@ def _video_stream(container):  # noqa: ANN001, ANN202 - av types are imported la
     return container.streams.video[0]
 
 
-def _check_declared(stream, limits: DecodeLimits) -> None:  # noqa: ANN001
+def _check_declared(stream, limits: DecodeLimits) -> None:
     """Refuse on what the container declares, before the decoder allocates a single frame."""
     width, height = stream.codec_context.width, stream.codec_context.height
     _check_frame_size(width, height, limits)
@@ -175,7 +175,7 @@ def _check_packets(data: bytes, limits: DecodeLimits) -> None:
             _check_decode_work(packets * width * height, f"{packets} frames of {width}×{height}", limits)
 
 
-def _decode_frames(container, stream, limits: DecodeLimits, size: tuple[int, int] | None) -> list[np.ndarray]:  # noqa: ANN001
+def _decode_frames(container, stream, limits: DecodeLimits, size: tuple[int, int] | None) -> list[np.ndarray]:
     """Every frame, resized while decoding, within the frame, resolution and decoding-work limits.
 
     Declared sizes can lie, so each decoded frame is checked again before it is converted.
@@ -237,7 +237,7 @@ def encode_ffv1(clip: np.ndarray, fps: int = 25) -> bytes:
     """Lossless FFV1 RGB (bgr0: the same bytes reordered and padded; 8-bit gbrp is not offered) in Matroska."""
     import av
 
-    t, h, w, _ = clip.shape
+    _, h, w, _ = clip.shape
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="matroska") as container:
         stream = container.add_stream("ffv1", rate=fps)

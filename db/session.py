@@ -15,7 +15,7 @@ from core.settings import get_settings
 def _tune_sqlite(engine: Engine) -> None:
     # The API and the worker are separate processes: WAL and a busy timeout let them share the file.
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+    def _on_connect(dbapi_connection, _record) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")

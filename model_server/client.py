@@ -57,7 +57,7 @@ class OracleHTTP:
                                         headers=_bearer(management_token))
 
     @classmethod
-    def from_settings(cls, settings) -> OracleHTTP:  # noqa: ANN001 - core.settings.Settings
+    def from_settings(cls, settings) -> OracleHTTP:
         return cls(settings.oracle_url, settings.oracle_management_url, settings.oracle_token,
                    settings.oracle_timeout_s, settings.oracle_management_token)
 

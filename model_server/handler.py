@@ -87,7 +87,7 @@ class OracleHandler:
             except protocol.ProtocolError as exc:
                 decoded.append(None)
                 replies.append(_error(context, idx, 400, "BadRequest", str(exc)))
-            except Exception as exc:  # noqa: BLE001 - a bug decoding one body must not fail the batch
+            except Exception as exc:
                 logger.exception("unexpected error decoding request %d", idx)
                 decoded.append(None)
                 replies.append(_error(context, idx, 500, "InternalServerError", f"{type(exc).__name__}: {exc}"))
@@ -107,7 +107,7 @@ class OracleHandler:
         for start in range(0, len(clips), self.chunk):
             logits = self.model(zoo.to_model_input(clips[start : start + self.chunk], self.device))
             probability, label = torch.softmax(logits.float(), dim=1).max(dim=1)
-            for p, k in zip(probability.tolist(), label.tolist()):
+            for p, k in zip(probability.tolist(), label.tolist(), strict=True):
                 answers.append(protocol.Prediction(label=k, label_name=self.labels[k], probability=p))
         return answers
 

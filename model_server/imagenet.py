@@ -104,7 +104,7 @@ def render_shot(shot: Shot) -> np.ndarray:
     short = min(height, width)
     frames = []
     for t in np.linspace(0.0, 1.0, FRAMES):
-        cy, cx, side = (a + (b - a) * t for a, b in zip(shot.start, shot.end))
+        cy, cx, side = (a + (b - a) * t for a, b in zip(shot.start, shot.end, strict=True))
         side_px = min(side * short, short)
         # Keep the window inside the photograph: clamp its centre.
         cy = float(np.clip(cy * height, side_px / 2, height - side_px / 2))
@@ -140,7 +140,8 @@ def _top(model, clips: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
         probabilities = torch.softmax(model(zoo.to_model_input(clips)), dim=1)
     values, indices = probabilities.topk(k, dim=1)
     names = labels()
-    return [[(names[i], round(v, 4)) for v, i in zip(vs, js)] for vs, js in zip(values.tolist(), indices.tolist())]
+    return [[(names[i], round(v, 4)) for v, i in zip(vs, js, strict=True)]
+            for vs, js in zip(values.tolist(), indices.tolist(), strict=True)]
 
 
 def write_card(weights_dir: Path = zoo.WEIGHTS_DIR) -> Path:
@@ -158,14 +159,14 @@ def write_card(weights_dir: Path = zoo.WEIGHTS_DIR) -> Path:
     served = zoo.load_trained(NAME, weights_dir)  # exactly what the handler will run (fp16 → fp32)
     clips, expected, names = attack_set_clips()
     tops = _top(served, clips)
-    wrong = [(n, t[0][0]) for n, t, e in zip(names, tops, expected) if t[0][0] != labels()[e]]
+    wrong = [(n, t[0][0]) for n, t, e in zip(names, tops, expected, strict=True) if t[0][0] != labels()[e]]
     if wrong:
         raise SystemExit(f"attack-set clips no longer classified as SHOTS says: {wrong}")
     card = {
         "model": NAME,
         "labels": labels(),
         "input": {"frames": FRAMES, "height": SIZE, "width": SIZE, "channels": 3, "dtype": "uint8",
-                  "layout": "NTHWC"},  # fmt: skip
+                  "layout": "NTHWC"},
         "accuracy": None,  # not measured here: we have no ImageNet validation set offline
         "accuracy_note": "EfficientNet-Lite0's published ImageNet top-1 is 75.1% (224×224 centre crops, "
         "tensorflow/tpu models/official/efficientnet/lite); here frames are 112×112 upsampled to 224, "
@@ -191,8 +192,8 @@ def write_card(weights_dir: Path = zoo.WEIGHTS_DIR) -> Path:
         "attack_set_generator": "model_server.imagenet.attack_set_clips",
         "attack_set": [
             {**asdict(shot), "label_index": int(e), "probability": top[0][1], "top3": top,
-             "licence": PHOTO_LICENCES[shot.photo]}  # fmt: skip
-            for shot, e, top in zip(SHOTS, expected, tops)
+             "licence": PHOTO_LICENCES[shot.photo]}
+            for shot, e, top in zip(SHOTS, expected, tops, strict=True)
         ],
     }
     path = zoo.card_path(NAME, weights_dir)
@@ -205,7 +206,7 @@ def probe() -> None:
 
     model = effnet_lite0_consensus(pretrained=True).eval()
     clips = np.stack([render_shot(shot) for shot in SHOTS])
-    for shot, top in zip(SHOTS, _top(model, clips)):
+    for shot, top in zip(SHOTS, _top(model, clips), strict=True):
         ok = "ok " if top[0][0] == shot.label else ("~  " if top[0][0] in shot.sensible else "BAD")
         print(f"{ok} {shot.name:18s} {top}")
 

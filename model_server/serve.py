@@ -58,7 +58,7 @@ def weights_error(name: str) -> str | None:
     """None when the model's weights load into its zoo architecture, else the first line of the error."""
     try:
         zoo.load_trained(name)
-    except Exception as exc:  # noqa: BLE001 — any failure means TorchServe's worker would fail too
+    except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
 

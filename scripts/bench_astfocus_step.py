@@ -26,17 +26,17 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.memory import keep_freed_memory  # noqa: E402
-from model_server import attack_set  # noqa: E402
-from worker.attacks.astfocus import AstFocusParams, FocusAgents, common_reward  # noqa: E402
-from worker.attacks.primitives import (  # noqa: E402
+from core.memory import keep_freed_memory
+from model_server import attack_set
+from worker.attacks.astfocus import AstFocusParams, FocusAgents, common_reward
+from worker.attacks.primitives import (
     antithetic_noise,
     in_levels,
     nes_gradient,
     probe_samples,
     to_levels,
 )
-from worker.inprocess import InProcessOracle  # noqa: E402
+from worker.inprocess import InProcessOracle
 
 NOT_USED = "(not used) noise drawn inside the focus only"
 

@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tqdm import tqdm  # noqa: E402
+from tqdm import tqdm
 
 SCORE_ATTACKS = [
     "vbad", "pbad", "srbad",
@@ -123,10 +123,10 @@ def _policy_path(model: str, goal: str) -> Path:
     return POLICIES / f"{model}-{goal}.pt"
 
 
-def _policy_loader(model: str, goal: str):  # noqa: ANN202
+def _policy_loader(model: str, goal: str):
     from worker.attacks.rlsb import load_policy
 
-    def prepare(attack) -> None:  # noqa: ANN001
+    def prepare(attack) -> None:
         attack.policy = load_policy(_policy_path(model, goal).read_bytes())
     return prepare
 
@@ -183,7 +183,7 @@ def run_via_service(tasks: list[dict], url: str, key: str, per_class: int) -> li
     return rows
 
 
-def _service_policy(http, model: str, goal: str) -> None:  # noqa: ANN001
+def _service_policy(http, model: str, goal: str) -> None:
     if any(p["status"] == "succeeded" for p in http.get("/policies", params={"model": model, "goal": goal}).json()["items"]):
         return
     started = http.post("/policies", json={"model": model, "goal": goal, "max_queries": PRETRAIN_BUDGETS[goal]})
@@ -192,7 +192,7 @@ def _service_policy(http, model: str, goal: str) -> None:  # noqa: ANN001
         time.sleep(5)
 
 
-def _wait_campaign(http, campaign_id: str) -> dict:  # noqa: ANN001
+def _wait_campaign(http, campaign_id: str) -> dict:
     with tqdm(desc=f"campaign {campaign_id[:8]}", leave=False) as bar:
         while True:
             campaign = http.get(f"/campaigns/{campaign_id}").json()
@@ -578,7 +578,7 @@ def _claims_table(rows: list[dict]) -> None:
                 pairs = [(run, runs[(via, m, g, i, claim.worse)]) for (via, m, g, i, a), run in runs.items()
                          if (m, g, a) == (model, goal, claim.better) and (via, m, g, i, claim.worse) in runs]
                 counts = _claim_counts(claim, pairs)
-                total = tuple(t + c for t, c in zip(total, counts))
+                total = tuple(t + c for t, c in zip(total, counts, strict=True))
                 cells.append(_counts_cell(counts))
             what = f"`{claim.better}` < `{claim.worse}`" + (" (MAP)" if claim.by_map else "")
             p = sign_test(total[0], total[2])
@@ -651,7 +651,7 @@ def plot(args: argparse.Namespace) -> None:
 
     rows = load_rows(args.results)
     models = sorted({r["model"] for r in rows})
-    colours = dict(zip(models, plt.get_cmap("tab10").colors))
+    colours = dict(zip(models, plt.get_cmap("tab10").colors, strict=False))
     figure, axes = plt.subplots(2, 2, figsize=(15, 10))
     for column, goal in enumerate(["untargeted", "targeted"]):
         score = [r for r in rows if r["goal"] == goal and r["attack"] in SCORE_ATTACKS]
@@ -672,7 +672,7 @@ def _met(row: dict) -> bool:
     return row["success"] if row.get("within_map_bound") is None else row["within_map_bound"]
 
 
-def _plot_score_based(ax, rows: list[dict], goal: str, models: list[str], colours: dict) -> None:  # noqa: ANN001
+def _plot_score_based(ax, rows: list[dict], goal: str, models: list[str], colours: dict) -> None:
     """x: the attack (models side by side), y: queries (untargeted) or the ε reached (targeted)."""
     targeted = goal == "targeted"
     for a, attack in enumerate(SCORE_ATTACKS):
@@ -699,9 +699,9 @@ def _short(attack: str) -> str:
     return "astfocus\n" + ("random" if agents.get("random_agents") else agents.get("agents", "both"))
 
 
-def _plot_hard_label(ax, rows: list[dict], goal: str, colours: dict) -> None:  # noqa: ANN001
+def _plot_hard_label(ax, rows: list[dict], goal: str, colours: dict) -> None:
     """x: queries, y: the MAP the run ended at; the dashed line is the MAP bound (RLSB Sec. 4.3)."""
-    markers = dict(zip(DECISION_ATTACKS, "osD^vP"))
+    markers = dict(zip(DECISION_ATTACKS, "osD^vP", strict=True))
     for row in rows:
         ax.scatter(max(row["queries"], 1), row["map"], s=40, marker=markers[row["attack"]],
                    color=colours[row["model"]], facecolors=colours[row["model"]] if _met(row) else "none")

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.memory import keep_freed_memory  # noqa: E402
-from model_server import attack_set, zoo  # noqa: E402
+from core.memory import keep_freed_memory
+from model_server import attack_set, zoo
 
 
 def timed(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, reps: int) -> tuple[float, np.ndarray]:

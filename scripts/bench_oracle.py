@@ -56,13 +56,13 @@ def in_process(model: torch.nn.Module, chunk: int) -> Callable[[np.ndarray], obj
             probability, label = torch.softmax(
                 model(zoo.to_model_input(clips[start : start + chunk])), 1
             ).max(1)
-            out += zip(probability.tolist(), label.tolist())
+            out += zip(probability.tolist(), label.tolist(), strict=True)
         return out
 
     return run
 
 
-def concurrent_clips_per_second(oracle, model: str, clips: np.ndarray, clients: int, rounds: int) -> float:  # noqa: ANN001
+def concurrent_clips_per_second(oracle, model: str, clips: np.ndarray, clients: int, rounds: int) -> float:
     """Aggregate rate of `clients` threads each sending `rounds` requests of `clips` at once."""
     def client(_: int) -> None:
         for _ in range(rounds):

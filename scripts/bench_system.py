@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import httpx
+import numpy as np
+from tqdm import tqdm
 
-from scripts import stack  # noqa: E402
+from scripts import stack
 
 PROFILE = stack.PROFILES["dev"]
 URL = f"http://127.0.0.1:{PROFILE.api_port}"
@@ -146,7 +146,7 @@ def main() -> None:
         for row in oracle_ratio() if "oracle" not in args.skip else ():
             print("oracle", row, flush=True)
     finally:
-        stack.down("dev", tuple(started) + ("worker",))
+        stack.down("dev", (*started, "worker"))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model_server import archive, dataset, imagenet, serve, zoo  # noqa: E402
-from scripts.bench_oracle import clips_per_second, in_process  # noqa: E402
+from model_server import archive, dataset, imagenet, serve, zoo
+from scripts.bench_oracle import clips_per_second, in_process
 
 
 def bench_clips(model: str, n: int) -> np.ndarray:
@@ -80,7 +80,7 @@ def main() -> None:
                         clips_per_second(
                             lambda c, m=model: oracle.predict(m, c), clips, args.reps, args.warmup,
                             f"{model} http n={n}",
-                        )  # fmt: skip
+                        )
                     )
             del local_model, local
             cells = " | ".join(f"{r:.1f}" for r in local_rates)

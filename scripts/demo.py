@@ -103,7 +103,7 @@ def run_demo(args: argparse.Namespace, api: str) -> int:
     return 0 if job["status"] in TERMINAL - {"error"} else 1
 
 
-def follow(client, job: dict, tqdm) -> dict:  # noqa: ANN001
+def follow(client, job: dict, tqdm) -> dict:
     bar = tqdm(total=job["progress"]["max_queries"], unit="query", desc="attack")
     while job["status"] not in TERMINAL:
         time.sleep(1.0)

@@ -76,7 +76,7 @@ def _postgres_answers() -> bool:
 
         with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres connect_timeout=3"):
             return True
-    except Exception:  # noqa: BLE001 - any failure means "use the embedded default"
+    except Exception:
         return False
 
 
@@ -127,7 +127,7 @@ def _running_pid(profile: Profile, name: str) -> int | None:
 def _spawn(profile: Profile, name: str, argv: list[str], env: dict[str, str]) -> int:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    log = open(LOG_DIR / f"{profile.name}-{name}.log", "ab")  # noqa: SIM115 - owned by the child
+    log = open(LOG_DIR / f"{profile.name}-{name}.log", "ab")
     process = subprocess.Popen(
         argv, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True,
@@ -136,7 +136,7 @@ def _spawn(profile: Profile, name: str, argv: list[str], env: dict[str, str]) ->
     return process.pid
 
 
-def _wait(what: str, ready, timeout_s: float, log_name: str | None = None) -> None:  # noqa: ANN001
+def _wait(what: str, ready, timeout_s: float, log_name: str | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if ready():

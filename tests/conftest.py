@@ -61,14 +61,14 @@ def sample_clip() -> np.ndarray:
     return np.load(SAMPLE_NPY, allow_pickle=False)
 
 
-def submit(client, video: bytes, filename: str = "clip.npy", **form) -> object:  # noqa: ANN001
+def submit(client, video: bytes, filename: str = "clip.npy", **form) -> object:
     data = {"attack": "nes_pgd", "goal": "untargeted", "max_queries": "2000"}
     data.update({k: str(v) for k, v in form.items()})
     return client.post("/jobs", files={"video": (filename, video, "application/octet-stream")}, data=data)
 
 
 def wait_for(client, job_id: str, until: Callable[[dict], bool] = lambda j: j["status"] in TERMINAL,
-             timeout_s: float = 600) -> dict:  # noqa: ANN001
+             timeout_s: float = 600) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = client.get(f"/jobs/{job_id}").json()
@@ -78,7 +78,7 @@ def wait_for(client, job_id: str, until: Callable[[dict], bool] = lambda j: j["s
     raise AssertionError(f"job {job_id} did not reach the expected state in {timeout_s} s: {job}")
 
 
-def wait_campaign(client, campaign_id: str, timeout_s: float = 600) -> dict:  # noqa: ANN001
+def wait_campaign(client, campaign_id: str, timeout_s: float = 600) -> dict:
     """Poll GET /campaigns/{id} until every job of the campaign has ended."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -89,7 +89,7 @@ def wait_campaign(client, campaign_id: str, timeout_s: float = 600) -> dict:  # 
     raise AssertionError(f"campaign {campaign_id} did not finish: {campaign['progress']}")
 
 
-def keyed_client(api: str, key: str):  # noqa: ANN201 - an httpx.Client context
+def keyed_client(api: str, key: str):
     """An API client that sends `key` in the key header, as every caller of the JSON API does."""
     import httpx
 

@@ -98,7 +98,7 @@ def _clip(seed: int = 0, shape: tuple[int, ...] = CLIP_SHAPE) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
 
 
-def _container(fmt: str, add_streams: Callable, packets: Callable[[list], Iterator]) -> bytes:  # noqa: ANN001
+def _container(fmt: str, add_streams: Callable, packets: Callable[[list], Iterator]) -> bytes:
     """Mux the packets `packets(streams)` yields into a `fmt` container written in memory."""
     import av
 
@@ -112,7 +112,7 @@ def _container(fmt: str, add_streams: Callable, packets: Callable[[list], Iterat
 
 
 def _h264_stream(width: int, height: int, keyint: int = 100_000) -> Callable:
-    def add(container) -> list:  # noqa: ANN001
+    def add(container) -> list:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"preset": "ultrafast", "x264-params": f"keyint={keyint}:scenecut=0:bframes=0"}
@@ -121,7 +121,7 @@ def _h264_stream(width: int, height: int, keyint: int = 100_000) -> Callable:
     return add
 
 
-def _black_frame(width: int, height: int):  # noqa: ANN202
+def _black_frame(width: int, height: int):
     import av
 
     frame = av.VideoFrame(width, height, "yuv420p")
@@ -181,7 +181,7 @@ def _repeated_skip_frames(width: int, height: int, n_frames: int, fmt: str) -> b
 def _audio_only(fmt: str) -> bytes:
     import av
 
-    def add(container) -> list:  # noqa: ANN001
+    def add(container) -> list:
         return [container.add_stream("aac", rate=16_000)]
 
     def packets(streams: list) -> Iterator:

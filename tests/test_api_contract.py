@@ -33,7 +33,7 @@ def _footprint() -> tuple[int, int, int, int]:
         )
 
 
-def _clean_label(client, sample_clip) -> int:  # noqa: ANN001
+def _clean_label(client, sample_clip) -> int:
     job = submit(client, _npy(sample_clip), max_queries=2).json()
     wait_for(client, job["id"])
     return job["source_label"]

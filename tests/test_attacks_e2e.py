@@ -46,7 +46,7 @@ def attack_clips() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def client(api, make_key):  # noqa: ANN001, ANN201 - one key for the module: its jobs outlive a test
+def client(api, make_key):
     import httpx
 
     with httpx.Client(base_url=api, headers={"X-API-Key": make_key("attacks")}, timeout=120) as http:
@@ -54,7 +54,7 @@ def client(api, make_key):  # noqa: ANN001, ANN201 - one key for the module: its
 
 
 @pytest.fixture(scope="module")
-def submitted(client, attack_clips) -> dict[tuple[str, str], str]:  # noqa: ANN001
+def submitted(client, attack_clips) -> dict[tuple[str, str], str]:
     """Every success job at once, so the worker's two processes share them; tests then wait on theirs."""
     clips, _ = attack_clips
     body = _npy(clips[EASY])

@@ -11,7 +11,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_attacks.py"
 
 
-def _bench():  # noqa: ANN202 - the script is not a package module
+def _bench():
     spec = importlib.util.spec_from_file_location("bench_attacks", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the script loads

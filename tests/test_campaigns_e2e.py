@@ -14,7 +14,7 @@ ATTACKS = [{"name": "nes_pgd", "params": {}}, {"name": "opt", "params": {"initia
 
 
 @pytest.fixture(scope="module")
-def client(api, make_key):  # noqa: ANN001, ANN201 - one key for the module
+def client(api, make_key):
     import httpx
 
     with httpx.Client(base_url=api, headers={"X-API-Key": make_key("campaigns")}, timeout=120) as http:
@@ -22,7 +22,7 @@ def client(api, make_key):  # noqa: ANN001, ANN201 - one key for the module
 
 
 @pytest.fixture(scope="module")
-def finished(client) -> dict:  # noqa: ANN001
+def finished(client) -> dict:
     body = {"model": MODEL, "attacks": ATTACKS, "goal": "targeted", "target_rule": {"kind": "next"},
             "max_queries": 60, "clips": {"set": "attack_set", "per_class": 1, "limit": 3}}
     response = client.post("/campaigns", json=body)

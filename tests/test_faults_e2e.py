@@ -111,7 +111,7 @@ def row(faults: Faults, job_id: str) -> dict:
             "failed_rows": failed}
 
 
-def wait_job(faults: Faults, job_id: str, until, timeout_s: float = 420) -> dict:  # noqa: ANN001
+def wait_job(faults: Faults, job_id: str, until, timeout_s: float = 420) -> dict:
     state: dict = {}
 
     def reached() -> bool:
@@ -147,7 +147,7 @@ def ended(state: dict) -> bool:
     return state["status"] in TERMINAL
 
 
-def test_sigkill_of_the_whole_worker_resumes_the_job_from_its_checkpoint(faults: Faults, http) -> None:  # noqa: ANN001
+def test_sigkill_of_the_whole_worker_resumes_the_job_from_its_checkpoint(faults: Faults, http) -> None:
     faults.stack.start_worker("w-kill")
     job_id = submit(http, max_queries=700)
     wait_job(faults, job_id, lambda s: s["queries_used"] >= 300)
@@ -170,7 +170,7 @@ def test_sigkill_of_the_whole_worker_resumes_the_job_from_its_checkpoint(faults:
            checkpoint_score=saved)
 
 
-def test_sigkill_of_the_process_running_the_job(faults: Faults, http) -> None:  # noqa: ANN001
+def test_sigkill_of_the_process_running_the_job(faults: Faults, http) -> None:
     faults.stack.start_worker("w-child")
     try:
         job_id = submit(http, max_queries=600)
@@ -196,7 +196,7 @@ def _backend_pid(model: str) -> int:
     return int(workers[0]["pid"])
 
 
-def test_a_torchserve_backend_worker_killed_mid_job(faults: Faults, http) -> None:  # noqa: ANN001
+def test_a_torchserve_backend_worker_killed_mid_job(faults: Faults, http) -> None:
     model = "lrcn"  # a model no other test attacks, so only this job feels the restart
     faults.stack.start_worker("w-oracle")
     try:
@@ -213,7 +213,7 @@ def test_a_torchserve_backend_worker_killed_mid_job(faults: Faults, http) -> Non
     record("TorchServe backend worker SIGKILLed mid-job", state, model=model)
 
 
-def test_redis_restart_mid_job_loses_no_job(faults: Faults, http) -> None:  # noqa: ANN001
+def test_redis_restart_mid_job_loses_no_job(faults: Faults, http) -> None:
     faults.stack.start_worker("w-redis")
     try:
         running = submit(http, max_queries=500)
@@ -238,7 +238,7 @@ def test_redis_restart_mid_job_loses_no_job(faults: Faults, http) -> None:  # no
     record("Redis restarted (queue lost) mid-job: the queued job", second)
 
 
-def test_postgres_unreachable_for_a_while(faults: Faults, http) -> None:  # noqa: ANN001
+def test_postgres_unreachable_for_a_while(faults: Faults, http) -> None:
     faults.stack.start_worker("w-db")
     try:
         job_id = submit(http, max_queries=600)
@@ -262,7 +262,7 @@ def test_postgres_unreachable_for_a_while(faults: Faults, http) -> None:  # noqa
     record("Postgres unreachable for 12 s mid-job (worker patience 4 s)", state, api_answers=sorted(answers))
 
 
-def test_a_job_longer_than_the_visibility_timeout_runs_once(faults: Faults, http) -> None:  # noqa: ANN001
+def test_a_job_longer_than_the_visibility_timeout_runs_once(faults: Faults, http) -> None:
     faults.stack.start_worker("w-visibility", concurrency=2, extra_env={"VAAS_BROKER_VISIBILITY_TIMEOUT_S": "3"})
     try:
         job_id = submit(http, max_queries=500)

@@ -49,7 +49,7 @@ class FuzzLog:
     without_negative_cases: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
-    def record(self, label: str, case, response) -> None:  # noqa: ANN001 - schemathesis types
+    def record(self, label: str, case, response) -> None:
         self.statuses[response.status_code] += 1
         self.per_operation.setdefault(label, Counter())[response.status_code] += 1
         try:
@@ -77,7 +77,7 @@ class FuzzLog:
 
 
 @pytest.fixture(scope="module")
-def fuzz_key(make_key) -> str:  # noqa: ANN001
+def fuzz_key(make_key) -> str:
     return make_key("fuzz")
 
 
@@ -113,7 +113,7 @@ def real_ids(http: httpx.Client) -> dict[str, str]:
     return ids
 
 
-def fuzz(operation, mode: GenerationMode, examples: int, api: str, key: str, log: FuzzLog,  # noqa: ANN001
+def fuzz(operation, mode: GenerationMode, examples: int, api: str, key: str, log: FuzzLog,
          path_parameters: dict[str, str] | None = None) -> None:
     """Send `examples` generated requests for one operation and record every answer."""
     label = operation.label
@@ -121,7 +121,7 @@ def fuzz(operation, mode: GenerationMode, examples: int, api: str, key: str, log
     @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters))
-    def send(case) -> None:  # noqa: ANN001
+    def send(case) -> None:
         response = case.call(base_url=api, headers={"X-API-Key": key}, timeout=REQUEST_TIMEOUT_S)
         log.record(label, case, response)
 
@@ -133,7 +133,7 @@ def fuzz(operation, mode: GenerationMode, examples: int, api: str, key: str, log
         log.without_negative_cases.append(label)
 
 
-def load_schema(api: str, security_parameters: bool):  # noqa: ANN201 - schemathesis' schema type
+def load_schema(api: str, security_parameters: bool):
     """The API's schema; without security parameters the fuzzer never touches the key `fuzz` sends, so
     negative cases break parameters and bodies and reach the routes' validation instead of a 401."""
     config = schemathesis.Config.from_dict({"generation": {"with-security-parameters": security_parameters}})

@@ -79,7 +79,7 @@ def tally() -> Iterator[Tally]:
 
 
 @pytest.fixture(scope="module")
-def hostile_key(make_key) -> str:  # noqa: ANN001
+def hostile_key(make_key) -> str:
     return make_key("hostile-input")
 
 

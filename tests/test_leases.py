@@ -21,7 +21,7 @@ from worker.sweeper import lost_jobs
 
 
 @pytest.fixture
-def database(tmp_path: Path, monkeypatch) -> Iterator[str]:  # noqa: ANN001
+def database(tmp_path: Path, monkeypatch) -> Iterator[str]:
     from db.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'vaas.db'}"
@@ -92,16 +92,16 @@ def test_only_the_lease_holder_can_spend_the_budget(database) -> None:
         assert session.query(QueryRecord).filter_by(job_id=job_id).count() == 1
 
 
-def sessions_that_lose_one_commit_acknowledgement():  # noqa: ANN201
+def sessions_that_lose_one_commit_acknowledgement():
     """A session factory whose first COMMIT lands in the database but raises as if the connection had
     dropped before the acknowledgement came back: the outcome the client cannot know."""
     armed = [True]
 
-    def factory():  # noqa: ANN202
+    def factory():
         session = db_session.new_session()
 
         @sqlalchemy.event.listens_for(session, "after_commit")
-        def lose_the_ack(_session) -> None:  # noqa: ANN001
+        def lose_the_ack(_session) -> None:
             if armed[0]:
                 armed[0] = False
                 raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))

@@ -38,7 +38,7 @@ def browser() -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def key(make_key) -> str:  # noqa: ANN001
+def key(make_key) -> str:
     return make_key("pages")
 
 
@@ -49,7 +49,7 @@ def http(api: str, key: str) -> Iterator:
 
 
 @pytest.fixture
-def page(browser, api: str, key: str) -> Iterator:  # noqa: ANN001
+def page(browser, api: str, key: str) -> Iterator:
     """A browser tab of a fresh session, signed in with the module's key through the sign-in page."""
     context = browser.new_context(base_url=api, viewport={"width": 1280, "height": 900})
     tab = context.new_page()
@@ -66,7 +66,7 @@ def page(browser, api: str, key: str) -> Iterator:  # noqa: ANN001
 
 
 @pytest.fixture(scope="module")
-def finished_job(http) -> dict:  # noqa: ANN001
+def finished_job(http) -> dict:
     response = submit(http, SAMPLE_NPY.read_bytes(), attack="heuristic", max_queries="1500")
     assert response.status_code == 202, response.text
     job = wait_for(http, response.json()["id"])
@@ -74,18 +74,18 @@ def finished_job(http) -> dict:  # noqa: ANN001
     return job
 
 
-def shot(tab, name: str) -> None:  # noqa: ANN001
+def shot(tab, name: str) -> None:
     tab.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def images_loaded(tab) -> list[str]:  # noqa: ANN001
+def images_loaded(tab) -> list[str]:
     """The src of every <img> that did not load (a broken image has naturalWidth 0)."""
     tab.wait_for_load_state("networkidle")
     return tab.eval_on_selector_all("img", "imgs => imgs.filter(i => !i.complete || i.naturalWidth === 0)"
                                            ".map(i => i.src)")
 
 
-def test_a_finished_jobs_page_shows_its_frames_and_the_apis_numbers(page, http, finished_job) -> None:  # noqa: ANN001
+def test_a_finished_jobs_page_shows_its_frames_and_the_apis_numbers(page, http, finished_job) -> None:
     job_id = finished_job["id"]
     page.goto(f"/ui/jobs/{job_id}")
     assert page.locator(".strip").count() == 4 and images_loaded(page) == []
@@ -129,7 +129,7 @@ def test_a_finished_jobs_page_shows_its_frames_and_the_apis_numbers(page, http, 
     shot(page, "job-audit-page-2")
 
 
-def test_the_jobs_list_filters_like_the_api(page, http, finished_job) -> None:  # noqa: ANN001
+def test_the_jobs_list_filters_like_the_api(page, http, finished_job) -> None:
     page.goto("/ui/jobs")
     assert int(page.inner_text("[data-testid=total]")) == http.get("/jobs").json()["total"]
     page.select_option("select[name=attack]", "heuristic")
@@ -141,7 +141,7 @@ def test_the_jobs_list_filters_like_the_api(page, http, finished_job) -> None:  
     shot(page, "jobs-list")
 
 
-def test_a_campaigns_page_shows_its_report_and_plots(page, http) -> None:  # noqa: ANN001
+def test_a_campaigns_page_shows_its_report_and_plots(page, http) -> None:
     body = {"model": "mini_c3d", "attacks": [{"name": "nes_pgd", "params": {}},
                                              {"name": "opt", "params": {"initial_directions": 3}}],
             "goal": "untargeted", "max_queries": 60, "clips": {"set": "attack_set", "per_class": 1, "limit": 2}}
@@ -165,7 +165,7 @@ def test_a_campaigns_page_shows_its_report_and_plots(page, http) -> None:  # noq
     shot(page, "campaign")
 
 
-def test_a_job_submitted_through_the_form_runs_while_the_page_follows_it(page, http) -> None:  # noqa: ANN001
+def test_a_job_submitted_through_the_form_runs_while_the_page_follows_it(page, http) -> None:
     before = http.get("/jobs").json()["total"]
     page.goto("/ui/submit")
     page.set_input_files("input[name=video]", str(SAMPLE_NPY))
@@ -197,7 +197,7 @@ def test_a_job_submitted_through_the_form_runs_while_the_page_follows_it(page, h
     shot(page, "submitted-job")
 
 
-def test_a_refused_form_says_why_and_stores_nothing(page, http) -> None:  # noqa: ANN001
+def test_a_refused_form_says_why_and_stores_nothing(page, http) -> None:
     before = http.get("/jobs").json()["total"]
     page.goto("/ui/submit")
     page.set_input_files("input[name=video]", str(SAMPLE_NPY))
@@ -211,7 +211,7 @@ def test_a_refused_form_says_why_and_stores_nothing(page, http) -> None:  # noqa
     shot(page, "submit-refused")
 
 
-def test_the_submit_form_works_without_javascript(browser, api, key, http) -> None:  # noqa: ANN001
+def test_the_submit_form_works_without_javascript(browser, api, key, http) -> None:
     """With scripts off, the server gathers the chosen attack's parameter inputs itself."""
     context = browser.new_context(base_url=api, java_script_enabled=False)
     tab = context.new_page()
@@ -234,7 +234,7 @@ def test_the_submit_form_works_without_javascript(browser, api, key, http) -> No
     assert job["progress"]["max_queries"] == 300
 
 
-def test_another_keys_pages_are_not_found(browser, api, make_key, finished_job) -> None:  # noqa: ANN001
+def test_another_keys_pages_are_not_found(browser, api, make_key, finished_job) -> None:
     context = browser.new_context(base_url=api)
     tab = context.new_page()
     tab.goto("/ui/login")
@@ -247,7 +247,7 @@ def test_another_keys_pages_are_not_found(browser, api, make_key, finished_job) 
     context.close()
 
 
-def test_the_chart_data_is_the_audit_log(http, finished_job, api, key) -> None:  # noqa: ANN001
+def test_the_chart_data_is_the_audit_log(http, finished_job, api, key) -> None:
     import httpx
 
     with httpx.Client(base_url=api, cookies={"vaas_key": key}) as browser_like:

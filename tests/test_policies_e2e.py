@@ -20,7 +20,7 @@ PRETRAIN_BUDGET = 400
 
 
 @pytest.fixture(scope="module")
-def client(api, make_key):  # noqa: ANN001, ANN201 - one key for the module
+def client(api, make_key):
     import httpx
 
     with httpx.Client(base_url=api, headers={"X-API-Key": make_key("policies")}, timeout=120) as http:
@@ -28,7 +28,7 @@ def client(api, make_key):  # noqa: ANN001, ANN201 - one key for the module
 
 
 @pytest.fixture(scope="module")
-def policy(client) -> dict:  # noqa: ANN001
+def policy(client) -> dict:
     response = client.post("/policies", json={"model": MODEL, "goal": "untargeted",
                                               "max_queries": PRETRAIN_BUDGET, "params": SMALL_PRETRAINING})
     assert response.status_code == 202, response.text
@@ -78,7 +78,7 @@ def test_rlsb_job_uses_the_latest_policy_and_reports_pretraining_apart(client, p
     assert report["key_frames"]
 
 
-def test_rlsb_without_a_fitting_policy_is_refused_with_advice(client, policy):  # noqa: ARG001
+def test_rlsb_without_a_fitting_policy_is_refused_with_advice(client, policy):
     clip = attack_set.clips(MODEL)[0][EASY]
     response = submit(client, _npy(clip), attack="rlsb", model=MODEL, max_queries=800, goal="targeted",
                       target_label=7)

@@ -52,7 +52,7 @@ def perturbation_metrics(adversarial: np.ndarray, clean: np.ndarray) -> dict[str
         "l2": float(np.linalg.norm(delta.astype(np.float64) / 255.0)),
         "sparsity": sparsity(delta),
         "frames_perturbed": frames_perturbed(delta),
-        "frames": int(len(delta)),
+        "frames": len(delta),
         "psnr": psnr(delta),
         "ssim": ssim(adversarial, clean),
     }

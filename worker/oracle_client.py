@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import bindparam, insert, select, update
@@ -219,7 +219,7 @@ class OracleClient:
                         "batch_id": batch_id,
                         "clip_sha256": hashes[i],
                         "status": QueryStatus.sent.value,
-                        "created_at": datetime.now(timezone.utc),
+                        "created_at": datetime.now(UTC),
                     }
                     for i in range(wanted)
                 ],
@@ -245,7 +245,7 @@ class OracleClient:
     def _complete_answered(
         self, reservation: Reservation, answers: list[Prediction], latency_ms: float
     ) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = [
             {
                 "b_seq": reservation.first_seq + i,
@@ -261,7 +261,7 @@ class OracleClient:
         self._update_rows(rows)
 
     def _complete_failed(self, reservation: Reservation, error: str) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = [
             {"b_seq": reservation.first_seq + i, "status": QueryStatus.failed.value, "error": error[:2000],
              "answered_at": now}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import select, update
@@ -57,7 +57,7 @@ def run_pretraining(
         raise  # another runner has it, or the task is retried once the database is back
     except time_limit_exc:
         error = "pre-training reached the worker's soft time limit; give it a smaller max_queries or iterations"
-    except Exception as exc:  # noqa: BLE001 - a broken pre-training must still end the job cleanly
+    except Exception as exc:
         log.exception("pre-training job %s crashed", job.id)
         error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -99,7 +99,7 @@ def _finish(job: Job, status: str, error: str | None, report: dict | None, blob:
         metrics = _json_report(report if report is not None else row.metrics, started)
         metrics["queries"] = row.queries_used
         row.status, row.error, row.metrics = status, error, metrics
-        row.finished_at = datetime.now(timezone.utc)
+        row.finished_at = datetime.now(UTC)
         if blob is not None:
             folder = settings.artifact_dir / job.id
             folder.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +117,7 @@ def _run_attack(job: Job, owner: str, settings: Settings,
         raise
     except time_limit_exc:  # Celery's soft time limit: keep what was found
         reason, error = StopReason.time_limit, "the job reached the worker's soft time limit"
-    except Exception as exc:  # noqa: BLE001 - a broken attack must still end the job cleanly
+    except Exception as exc:
         log.exception("attack %s crashed on job %s", job.attack, job_id)
         error = f"{type(exc).__name__}: {exc}"
     try:
@@ -165,7 +165,7 @@ def _claim(job_id: str, owner: str, lease_s: float) -> Job | str:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or JobStatus(job.status).terminal:
             return "skipped"
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if job.cancel_requested:
             job.status, job.finished_at = JobStatus.cancelled.value, now
             return "cancelled"
@@ -306,7 +306,7 @@ def _finish(
             row.status, row.error, row.metrics = status, error, metrics
             row.best_score = goal.score(verified) if verified else best.score
             row.best_distance = best.distance
-            row.finished_at = datetime.now(timezone.utc)
+            row.finished_at = datetime.now(UTC)
             row.lease_owner, row.lease_expires_at = None, None
             for kind, path in paths.items():
                 _upsert_artifact(session, job.id, kind, path)
@@ -337,7 +337,7 @@ def _write_artifacts(job_id: str, clip: np.ndarray, settings: Settings) -> dict[
     return {"adversarial_npy": npy, "adversarial_mkv": mkv}
 
 
-def _upsert_artifact(session, job_id: str, kind: str, path: Path) -> None:  # noqa: ANN001
+def _upsert_artifact(session, job_id: str, kind: str, path: Path) -> None:
     data = path.read_bytes()
     existing = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind))
     artifact = existing or Artifact(job_id=job_id, kind=kind)

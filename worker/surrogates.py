@@ -95,7 +95,7 @@ class _LiteImageModel(nn.Module):
         last = 7 if layer == "head" else int(layer)
         if not 1 <= last <= 7:
             raise ValueError(f"layer must be 1..7, 'head' or 'logits', got {layer!r}")
-        for block, stage in zip(self.trunk.blocks, self.trunk.stage_of):
+        for block, stage in zip(self.trunk.blocks, self.trunk.stage_of, strict=True):
             if stage > last:
                 break
             x = block(x)

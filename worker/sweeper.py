@@ -130,5 +130,5 @@ class Sweeper(threading.Thread):
         while not self.stopped.wait(self.settings.sweep_interval_s):
             try:
                 sweep(self.settings, self.publish)
-            except Exception as exc:  # noqa: BLE001 - a sweep fails while a dependency is down; try again
+            except Exception as exc:
                 log.warning("sweep failed: %s", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)

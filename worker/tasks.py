@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 @celery_app.task(name=RUN_ATTACK_TASK, bind=True, max_retries=None)
-def run_attack(self, job_id: str) -> str:  # noqa: ANN001 - Celery's bound task
+def run_attack(self, job_id: str) -> str:
     try:
         return run_job(job_id, time_limit_exc=SoftTimeLimitExceeded)
     except (DatabaseDown, *DATABASE_DOWN) as exc:

@@ -1,7 +1,7 @@
 """Campaigns: submit many clips × attacks × one model at once, follow them, cancel them, report on them."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response
@@ -191,7 +191,7 @@ def cancel_campaign(campaign_id: str, session: SessionDep, key: CurrentKey) -> C
     of_campaign = Job.campaign_id == campaign.id
     session.execute(update(Job).where(of_campaign, Job.status.in_(ACTIVE)).values(cancel_requested=True))
     session.execute(update(Job).where(of_campaign, Job.status == JobStatus.queued.value)
-                    .values(status=JobStatus.cancelled.value, finished_at=datetime.now(timezone.utc)))
+                    .values(status=JobStatus.cancelled.value, finished_at=datetime.now(UTC)))
     session.commit()
     session.expire_all()
     return released(session, CampaignOut.from_campaign(owned_campaign(session, key, campaign_id)))

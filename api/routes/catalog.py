@@ -90,9 +90,9 @@ async def _probe(check: Callable[[], str]) -> ComponentHealth:
     # dependency makes the health check answer "down" instead of hanging the prober.
     try:
         detail = await asyncio.wait_for(run_in_threadpool(check), HEALTH_TIMEOUT_S + 1)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return ComponentHealth(ok=False, detail=f"no answer within {HEALTH_TIMEOUT_S + 1:g} s")
-    except Exception as exc:  # noqa: BLE001 - any failure is a "down" with its reason
+    except Exception as exc:
         return ComponentHealth(ok=False, detail=f"{type(exc).__name__}: {first_line(exc)}")
     return ComponentHealth(ok=True, detail=detail)
 
@@ -108,7 +108,7 @@ async def healthz(oracle: OracleDep) -> JSONResponse:
     results = await asyncio.gather(
         _probe(check_database), _probe(check_broker), _probe(lambda: check_oracle(oracle))
     )
-    components = dict(zip(names, results))
+    components = dict(zip(names, results, strict=True))
     ok = all(c.ok for c in components.values())
     health = Health(status="ok" if ok else "degraded", components=components)
     return JSONResponse(health.model_dump(mode="json"), status_code=200 if ok else 503)

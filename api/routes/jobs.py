@@ -6,7 +6,7 @@ import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -226,7 +226,7 @@ def cancel_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobOut:
         raise HTTPException(409, f"job {job_id} has already ended (status {job.status}); nothing to cancel")
     session.execute(
         update(Job).where(Job.id == job_id, Job.status == JobStatus.queued.value)
-        .values(status=JobStatus.cancelled.value, finished_at=datetime.now(timezone.utc))
+        .values(status=JobStatus.cancelled.value, finished_at=datetime.now(UTC))
     )
     session.commit()
     session.refresh(job)

@@ -112,7 +112,7 @@ def jobs_page(
                  filters=query, choices=choices, statuses=[s.value for s in JobStatus])
 
 
-def _choice(enum, name: str, value: str):  # noqa: ANN001, ANN202
+def _choice(enum, name: str, value: str):
     if not value:
         return None
     try:
@@ -121,8 +121,8 @@ def _choice(enum, name: str, value: str):  # noqa: ANN001, ANN202
         raise HTTPException(422, f"{name} must be one of {', '.join(e.value for e in enum)}, got {value!r:.40}") from None
 
 
-def _filter_choices(session, key: ApiKey) -> dict[str, list[str]]:  # noqa: ANN001
-    def distinct(column) -> list[str]:  # noqa: ANN001
+def _filter_choices(session, key: ApiKey) -> dict[str, list[str]]:
+    def distinct(column) -> list[str]:
         return sorted(v for v in session.scalars(select(column).where(Job.api_key_id == key.id).distinct()) if v)
 
     return {"attack": distinct(Job.attack), "model": distinct(Job.model)}
@@ -260,7 +260,7 @@ def _attack_forms() -> list[dict[str, Any]]:
             for name, cls in sorted(ATTACKS.items())]
 
 
-def _models(oracle) -> list[dict[str, Any]]:  # noqa: ANN001
+def _models(oracle) -> list[dict[str, Any]]:
     models = []
     for name in sorted(oracle.list_models()):
         spec = oracle.describe(name)
@@ -276,7 +276,7 @@ def submit_form(request: Request, key: PageKey, oracle: OracleDep, settings: Set
     return _submit_page(request, oracle, settings, {"attack": attack} if attack in ATTACKS else {})
 
 
-def _submit_page(request: Request, oracle, settings, values: dict[str, str], error: str = "",  # noqa: ANN001
+def _submit_page(request: Request, oracle, settings, values: dict[str, str], error: str = "",
                  status_code: int = 200) -> HTMLResponse:
     return _page(request, "submit.html", status_code=status_code, attacks=_attack_forms(), models=_models(oracle),
                  values={"attack": DEFAULT_ATTACK, "model": settings.default_model, "goal": "untargeted",

@@ -10,7 +10,7 @@ as the paper does (Table 1).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -96,7 +96,7 @@ class PolicyPage(BaseModel):
 POLICY_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def _pretrain_params_class():  # noqa: ANN202 - imported late: torch is heavy for the API's import
+def _pretrain_params_class():
     from worker.attacks.rlsb import PretrainParams
 
     return PretrainParams
@@ -126,7 +126,7 @@ def latest_policy(session: Session, key: ApiKey, model: str, goal: str) -> Job |
 
 
 @router.get("/parameters", summary="JSON schema of the pre-training parameters")
-def pretrain_parameters(key: CurrentKey) -> dict[str, Any]:  # noqa: ARG001 - the key authenticates
+def pretrain_parameters(key: CurrentKey) -> dict[str, Any]:
     return _pretrain_params_class().model_json_schema()
 
 
@@ -163,7 +163,7 @@ def _create_pretraining(session: Session, key: ApiKey, body: PretrainRequest, or
         job = Job(id=new_id(), api_key_id=key.id, kind=JobKind.pretrain.value, attack="rlsb", model=model,
                   goal=body.goal, target_label=None, params=params, max_queries=body.max_queries,
                   queries_used=0, batches_sent=0, status=JobStatus.queued.value, cancel_requested=False,
-                  attempts=0, created_at=datetime.now(timezone.utc))
+                  attempts=0, created_at=datetime.now(UTC))
         session.add(job)
         session.commit()
     except BaseException:

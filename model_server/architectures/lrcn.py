@@ -67,7 +67,7 @@ class LRCN(nn.Module):
         self.dropout = nn.Dropout(0.3)
         self.classifier = nn.Linear(hidden, num_classes)
 
-    def train(self, mode: bool = True) -> "LRCN":
+    def train(self, mode: bool = True) -> LRCN:
         super().train(mode)
         self.frozen.eval()  # frozen BatchNorm keeps its ImageNet statistics
         self.frozen_blocks.eval()

@@ -93,7 +93,7 @@ class TSM(nn.Module):
         self.frozen = nn.ModuleList([features.conv_stem, features.bn_stem])
         self.act = features.act
         frozen_blocks, tuned_blocks = [], []
-        for block, stage in zip(features.blocks, features.stage_of):
+        for block, stage in zip(features.blocks, features.stage_of, strict=True):
             if stage <= frozen_stages:
                 frozen_blocks.append(block)
             else:
@@ -114,7 +114,7 @@ class TSM(nn.Module):
         nn.init.zeros_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
 
-    def train(self, mode: bool = True) -> "TSM":
+    def train(self, mode: bool = True) -> TSM:
         super().train(mode)
         self.frozen.eval()  # frozen BatchNorm keeps its ImageNet statistics
         self.frozen_blocks.eval()

@@ -104,7 +104,7 @@ def test_effective_limits_say_which_are_the_keys_own() -> None:
 
 
 @pytest.fixture
-def cli_database(tmp_path: Path, monkeypatch) -> Iterator[None]:  # noqa: ANN001
+def cli_database(tmp_path: Path, monkeypatch) -> Iterator[None]:
     """The CLI reads VAAS_DATABASE_URL like the services: point it at a throwaway SQLite file."""
     monkeypatch.setenv("VAAS_DATABASE_URL", f"sqlite:///{tmp_path / 'keys.db'}")
     monkeypatch.setenv("VAAS_KEY_ACTIVE_JOBS", "7")

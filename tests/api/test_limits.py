@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -41,7 +41,7 @@ def snapshot(env) -> dict:
 
 def end_jobs(env, queries_used: int | None = None) -> None:
     """End every job as the worker would (budget spent, or `queries_used` of it)."""
-    values = {"status": JobStatus.budget_exhausted.value, "finished_at": datetime.now(timezone.utc)}
+    values = {"status": JobStatus.budget_exhausted.value, "finished_at": datetime.now(UTC)}
     with env["sessions"]() as s:
         s.execute(update(Job).values(**values, queries_used=queries_used if queries_used is not None
                                      else Job.max_queries))
@@ -50,7 +50,7 @@ def end_jobs(env, queries_used: int | None = None) -> None:
 
 def age_jobs(env, *ages_s: float) -> None:
     """Backdate the jobs' creation, oldest first, by the given ages in seconds."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with env["sessions"]() as s:
         jobs = s.scalars(select(Job).order_by(Job.created_at)).all()
         assert len(jobs) == len(ages_s)
@@ -65,7 +65,7 @@ def _npy(clip: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def upload_campaign(env, clips: int, attacks: int = 1, max_queries: int = 50, who: str = "alice"):  # noqa: ANN201
+def upload_campaign(env, clips: int, attacks: int = 1, max_queries: int = 50, who: str = "alice"):
     rng = np.random.default_rng(1)
     files = [("video", (f"clip{i}.npy", _npy(rng.integers(0, 256, (6, 10, 12, 3), dtype=np.uint8))))
              for i in range(clips)]

@@ -16,7 +16,7 @@ from worker.attacks import ATTACKS
 HTML = {"accept": "text/html"}
 
 
-def sign_in(env, who: str = "alice"):  # noqa: ANN001, ANN201
+def sign_in(env, who: str = "alice"):
     client = env["client"]
     response = client.post("/ui/login", data={"key": env[who][HEADER], "next": "/ui/jobs"}, follow_redirects=False)
     assert response.status_code == 303, response.text
@@ -105,7 +105,7 @@ def test_the_submit_form_makes_the_same_job_as_the_api(env, clip_npy) -> None:
     assert job["params"]["epsilon"] == 0.03 and job["progress"]["max_queries"] == 50
 
 
-def post_form(env, clip_npy: bytes, headers: dict | None = None, **fields: str):  # noqa: ANN001, ANN201
+def post_form(env, clip_npy: bytes, headers: dict | None = None, **fields: str):
     """POST the submit form: nes_pgd, untargeted, 50 queries on `mini`, with `fields` on top."""
     data = {"model": "mini", "attack": "nes_pgd", "goal": "untargeted", "max_queries": "50", **fields}
     return env["client"].post("/ui/jobs", data=data, files={"video": ("clip.npy", clip_npy)}, headers=headers,

@@ -76,7 +76,7 @@ def test_goal_and_target_label_go_together() -> None:
         ("sideways", None, "goal must be one of"),
         ("targeted", "x", "integer"),
     ]:
-        status, detail = _status(lambda: submission.parse_goal(goal, target))
+        status, detail = _status(lambda goal=goal, target=target: submission.parse_goal(goal, target))
         assert status == 422 and expected in detail
 
 

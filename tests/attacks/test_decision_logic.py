@@ -17,7 +17,7 @@ from worker.metrics import mean_absolute_perturbation, perturbation
 from worker.oracle_client import BudgetExhausted
 
 
-def reference_clips_for(clean: np.ndarray, w: np.ndarray | None):  # noqa: ANN201
+def reference_clips_for(clean: np.ndarray, w: np.ndarray | None):
     """Attacker-owned 'clips of class k': deterministic noisy clips, a different set per class, pushed
     across a LinearOracle's boundary (along −w) when w is given, so they start adversarial."""
     def clips(label: int, n: int) -> np.ndarray:
@@ -28,7 +28,7 @@ def reference_clips_for(clean: np.ndarray, w: np.ndarray | None):  # noqa: ANN20
     return clips
 
 
-def context(oracle, clean: np.ndarray, seed: int = 0) -> AttackContext:  # noqa: ANN001
+def context(oracle, clean: np.ndarray, seed: int = 0) -> AttackContext:
     first = oracle.query(clean[None])[0]
     goal = Goal(source_label=first["label"])
     tracker = Tracker(best=Best(clip=clean, score=goal.score(first), success=False))
@@ -37,7 +37,7 @@ def context(oracle, clean: np.ndarray, seed: int = 0) -> AttackContext:  # noqa:
                          reference_clips=reference_clips_for(clean, getattr(oracle, "w", None)))
 
 
-def run(attack, oracle, clean: np.ndarray) -> AttackContext:  # noqa: ANN001
+def run(attack, oracle, clean: np.ndarray) -> AttackContext:
     ctx = context(oracle, clean, attack.params.seed)
     try:
         attack.run(ctx)
@@ -172,7 +172,7 @@ def test_salient_mask_finds_the_object_on_a_flat_frame():
     assert salient_mask(clip, 1.0, "fine_grained").min() == 1.0
 
 
-def targeted_context(oracle, clean: np.ndarray) -> AttackContext:  # noqa: ANN001
+def targeted_context(oracle, clean: np.ndarray) -> AttackContext:
     first = oracle.query(clean[None])[0]
     goal = Goal(source_label=first["label"], target_label=1)
     tracker = Tracker(best=Best(clip=clean, score=goal.score(first), success=False))

@@ -291,7 +291,7 @@ def test_the_same_seed_repeats_every_query(toy_clip):
 
 def test_baseline_selections_run_the_same_loop(toy_clip):
     for selection in ("fixed", "ifd"):
-        oracle, tracker, trace = run_toy(toy_clip, budget=100, selection=selection, fixed_frames=2)
+        _, tracker, trace = run_toy(toy_clip, budget=100, selection=selection, fixed_frames=2)
         assert tracker.best.success and len(trace["key_frames"]) == 2 and trace["frame_weights"] is None
 
 

@@ -8,6 +8,7 @@ deleting any other frame keeps x + s adversarial, deleting KEY loses the goal.
 from __future__ import annotations
 
 import hashlib
+import pickle
 
 import numpy as np
 import pytest
@@ -119,7 +120,7 @@ def test_a_stored_policy_loads_back_identical():
     assert loaded.header == policy.header and loaded.frames == T and loaded.goal == "targeted"
     state = _episode().state()
     assert loaded.probabilities(state) == pytest.approx(policy.probabilities(state))
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         load_policy(b"not a policy")
 
 

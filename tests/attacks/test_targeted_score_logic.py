@@ -34,7 +34,7 @@ def _linf(clip: np.ndarray, clean: np.ndarray) -> int:
 
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_the_result_is_the_smallest_epsilon_that_kept_the_target(attack, toy_clip):
-    oracle, tracker = run_on_toy(ATTACKS[attack](), toy_clip, budget=1500, target=1, **OUT_OF_REACH)
+    _, tracker = run_on_toy(ATTACKS[attack](), toy_clip, budget=1500, target=1, **OUT_OF_REACH)
     best = tracker.best
     assert best.answer["label"] == 1
     assert best.distance is not None and _linf(best.clip, toy_clip) <= best.distance < 255

@@ -162,7 +162,7 @@ def representative_reward(features: np.ndarray, selected: np.ndarray) -> float:
 # --- the agents (Eq. 4-6, 12-13) and the centralised critic (Eq. 18) ---------------------------------
 
 
-def _networks():  # noqa: ANN202 - torch is imported lazily so the API never loads it
+def _networks():
     import torch
     from torch import nn
 
@@ -237,7 +237,7 @@ def _networks():  # noqa: ANN202 - torch is imported lazily so the API never loa
 
 
 @functools.lru_cache(maxsize=2)
-def _backbone(stages: int):  # noqa: ANN202
+def _backbone(stages: int):
     from worker.surrogates import FrozenBackbone
 
     return FrozenBackbone(stages=stages)
@@ -312,7 +312,7 @@ class FocusAgents:
         )
         self.state = self.pooled.mean(dim=0, keepdim=True)
 
-    def _patch_features(self, maps, height: int, width: int):  # noqa: ANN001, ANN202
+    def _patch_features(self, maps, height: int, width: int):
         """Per frame and candidate: the mean feature vector under the patch (T×D×C)."""
         grid_h, grid_w = maps.shape[2], maps.shape[3]
         rows = []
@@ -355,7 +355,7 @@ class FocusAgents:
         """Categorical sampling (Eq. 6) from the attack's own RNG, so a seed replays the job."""
         return int(min(np.searchsorted(np.cumsum(probabilities), self.rng.random()), len(probabilities) - 1))
 
-    def _temporal(self, replay: np.ndarray | None):  # noqa: ANN202
+    def _temporal(self, replay: np.ndarray | None):
         """The selection (drawn by Eq. 13 and capped, or replayed: B×M) and its log-probability."""
         torch = self.torch
         probabilities = self.temporal(self.pooled)
@@ -441,7 +441,7 @@ class FocusAgents:
 
         ppo_update(loss, self.optimizer, epochs=self.p.ppo_epochs)
 
-    def _q(self, patches: list[list[int]], selected: np.ndarray):  # noqa: ANN202
+    def _q(self, patches: list[list[int]], selected: np.ndarray):
         """The centralised critic on B joint actions: B×2 (spatial, temporal) values."""
         torch = self.torch
         indices = torch.tensor([[max(i, 0) for i in row] for row in patches])

@@ -73,6 +73,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -320,7 +321,7 @@ def parameter_count(frames: int, outputs: int, channels: Sequence[int] = CHANNEL
         convs += previous * width * 9 + width
         previous = width
     sizes = [frames * previous, *hidden, outputs]
-    return convs + sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
+    return convs + sum(a * b + b for a, b in pairwise(sizes))
 
 
 @dataclass

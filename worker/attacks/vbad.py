@@ -152,7 +152,7 @@ def transformed_losses(losses: np.ndarray, lost_target: np.ndarray) -> np.ndarra
 
 
 @functools.lru_cache(maxsize=4)
-def _ensemble(names: tuple[str, ...], image_size: int):  # noqa: ANN202 - torch stays out of API imports
+def _ensemble(names: tuple[str, ...], image_size: int):
     from worker.surrogates import ImageEnsemble
 
     return ImageEnsemble(names, image_size=image_size)
