@@ -158,7 +158,8 @@ def _decode_part(index: int, upload: UploadedFile, spec: ModelSpec, settings: Se
     try:
         return decode_upload(bytes(upload.data), spec, settings)
     except HTTPException as exc:
-        raise HTTPException(exc.status_code, f"video[{index}] ({upload.filename or 'no name'}): {exc.detail}") from exc
+        raise HTTPException(exc.status_code,
+                            f"video[{index}] ({upload.filename or 'no name'}): {exc.detail}") from exc
 
 
 def plan_clips(request: CampaignRequest, model: str, spec: ModelSpec, uploads: list[UploadedFile],
@@ -173,7 +174,8 @@ def plan_clips(request: CampaignRequest, model: str, spec: ModelSpec, uploads: l
         cleans, names = [None] * len(indices), [f"{request.clips.set}/{model}/{i}.npy" for i in indices]
     targets = targets_for(request.target_rule, request.goal, labels, len(spec.labels))
     planned = []
-    for index, clip, label, target, clean, name in zip(indices, clips, labels, targets, cleans, names, strict=True):
+    for index, clip, label, target, clean, name in zip(indices, clips, labels, targets, cleans, names,
+                                                       strict=True):
         if target is not None:
             check_target_range(target, spec)
             if target == int(label):
@@ -193,7 +195,8 @@ def create_campaign(session: Session, key: ApiKey, request: CampaignRequest, ora
     attacks = validated_attacks(request.attacks)
     model = parse_model(request.model or settings.default_model)
     if not 2 <= request.max_queries <= settings.max_queries_cap:
-        raise _unprocessable(f"max_queries must be between 2 and {settings.max_queries_cap}, got {request.max_queries}")
+        raise _unprocessable(f"max_queries must be between 2 and {settings.max_queries_cap}, "
+                             f"got {request.max_queries}")
     spec = describe_model(oracle, model)
     if uploads:
         # Planning asks the oracle for each upload's label. At least one clip is left after planning
@@ -202,10 +205,11 @@ def create_campaign(session: Session, key: ApiKey, request: CampaignRequest, ora
     planned = plan_clips(request, model, spec, uploads or [], oracle, settings)
     n_jobs = len(planned) * len(attacks)
     if n_jobs > MAX_CAMPAIGN_JOBS:
-        raise _unprocessable(f"{len(planned)} clips × {len(attacks)} attacks is more than {MAX_CAMPAIGN_JOBS} "
-                             "jobs; split the campaign")
+        raise _unprocessable(f"{len(planned)} clips × {len(attacks)} attacks is more than "
+                             f"{MAX_CAMPAIGN_JOBS} jobs; split the campaign")
     precheck_limits(session, key, settings, n_jobs, n_jobs * request.max_queries)
-    submissions = [_submission(session, key, attack, model, request, clip) for clip in planned for attack in attacks]
+    submissions = [_submission(session, key, attack, model, request, clip)
+                   for clip in planned for attack in attacks]
     clips = [clip for clip in planned for _ in attacks]
     cleans = _clean_answers(clips, oracle, model)
     campaign = _store(session, key, request, settings, model, attacks, planned, clips, submissions, cleans,
@@ -240,8 +244,8 @@ def _store(session: Session, key: ApiKey, request: CampaignRequest, settings: Se
         enforce_limits(session, key, settings, new_jobs=len(submissions),
                        new_queries=len(submissions) * request.max_queries, lock=True)
         campaign = Campaign(id=campaign_id, api_key_id=key.id, model=model, goal=request.goal,
-                            target_rule=(request.target_rule or NextClass()).model_dump() if request.goal == "targeted"
-                            else {"kind": "none"},
+                            target_rule=(request.target_rule or NextClass()).model_dump()
+                            if request.goal == "targeted" else {"kind": "none"},
                             max_queries=request.max_queries, attacks=attacks,
                             clips={**({"set": "uploaded"} if uploaded else request.clips.model_dump()),
                                    "count": len(planned), "indices": [c.index for c in planned],
@@ -249,7 +253,8 @@ def _store(session: Session, key: ApiKey, request: CampaignRequest, settings: Se
         session.add(campaign)
         session.flush()
         for clip, submission, clean in zip(clips, submissions, cleans, strict=True):
-            upload = UploadedFile(filename=clip.name, content_type=None, data=bytearray(_npy_bytes(clip.clip)))
+            upload = UploadedFile(filename=clip.name, content_type=None,
+                                  data=bytearray(_npy_bytes(clip.clip)))
             _, path = add_job_rows(session, key, submission, upload, clip.clip, clean, settings,
                                    campaign_id=campaign_id, clip_index=clip.index)
             written.append(path)

@@ -85,7 +85,8 @@ def _error_response(request: Request, detail: str, status_code: int,
     if _wants_page(request):
         from api.ui import templates  # late: the page machinery is not needed by API-only callers
 
-        return templates.TemplateResponse(request, "error.html", {"detail": detail, "status_code": status_code},
+        return templates.TemplateResponse(request, "error.html",
+                                          {"detail": detail, "status_code": status_code},
                                           status_code=status_code, headers=headers)
     return JSONResponse(error_body(detail), status_code=status_code, headers=headers)
 
@@ -125,7 +126,8 @@ async def _broker_down(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _error_response(request, f"internal error ({type(exc).__name__}); it was logged, please report it", 500)
+    return _error_response(request,
+                           f"internal error ({type(exc).__name__}); it was logged, please report it", 500)
 
 
 class RefuseNulInUrl:
@@ -141,7 +143,8 @@ class RefuseNulInUrl:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and _url_has_nul(scope):
-            detail = "the URL contains a NUL character (%00), which no id, name or filter of this API can hold"
+            detail = ("the URL contains a NUL character (%00), which no id, name or filter of this API "
+                      "can hold")
             response = _error_response(Request(scope), detail, 400)
             await response(scope, receive, send)
             return

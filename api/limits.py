@@ -47,7 +47,8 @@ class KeyLimits:
     @classmethod
     def resolve(cls, settings: Settings, jobs_per_minute: int | None, active_jobs: int | None,
                 total_queries: int | None) -> KeyLimits:
-        values = {"jobs_per_minute": jobs_per_minute, "active_jobs": active_jobs, "total_queries": total_queries}
+        values = {"jobs_per_minute": jobs_per_minute, "active_jobs": active_jobs,
+                  "total_queries": total_queries}
         return cls(
             jobs_per_minute=jobs_per_minute or settings.key_jobs_per_minute,
             active_jobs=active_jobs or settings.key_active_jobs,
@@ -101,7 +102,8 @@ def enforce_limits(session: Session, key: ApiKey, settings: Settings, new_jobs: 
     _check_rate(key, limits, usage, new_jobs, now)
 
 
-def precheck_limits(session: Session, key: ApiKey, settings: Settings, new_jobs: int, new_queries: int) -> None:
+def precheck_limits(session: Session, key: ApiKey, settings: Settings, new_jobs: int,
+                    new_queries: int) -> None:
     """The cheap check before expensive work; it ends its read transaction either way.
 
     Call it with nothing pending in the session: the oracle query that usually follows may take a

@@ -35,14 +35,17 @@ A job never spends more than `max_queries` oracle queries, and the log has exact
 People can use the same keys in a browser: the pages at `/ui` show jobs, frames, perturbations,
 query curves, campaigns and a submit form.
 
-Authenticate with your key in the `X-API-Key` header (every route but `/healthz` needs it). Every error body is `{"detail": "..."}`
-saying what was wrong and how to fix it; `503` means a backing service is down — retry later.
+Authenticate with your key in the `X-API-Key` header (every route but `/healthz` needs it). Every error
+body is `{"detail": "..."}` saying what was wrong and how to fix it; `503` means a backing service is
+down — retry later.
 """
 
 TAGS = [
     {"name": "jobs", "description": "Submit, poll, cancel and download attack jobs (API key required)."},
-    {"name": "campaigns", "description": "Many clips × attacks × one model, with a report (API key required)."},
-    {"name": "policies", "description": "RLSB policy pre-training jobs and their policies (API key required)."},
+    {"name": "campaigns",
+     "description": "Many clips × attacks × one model, with a report (API key required)."},
+    {"name": "policies",
+     "description": "RLSB policy pre-training jobs and their policies (API key required)."},
     {"name": "catalog", "description": "Attacks and models (API key required) and health (open)."},
 ]
 

@@ -37,7 +37,8 @@ def campaign_report(campaign: Campaign) -> dict[str, Any]:
     for label, jobs in campaign_jobs_by_attack(campaign).items():
         finished = [job for job in jobs if JobStatus(job.status).terminal]
         outcomes = [job_outcome(job) for job in finished]
-        rows.append({"attack": label, **summarize_outcomes(outcomes), "clips": len(jobs), "finished": len(finished)})
+        rows.append({"attack": label, **summarize_outcomes(outcomes), "clips": len(jobs),
+                     "finished": len(finished)})
         curves[label] = success_curve(outcomes, campaign.max_queries)
     total = len(campaign.jobs)
     done = sum(JobStatus(job.status).terminal for job in campaign.jobs)
@@ -102,9 +103,11 @@ def report_plots(report: dict[str, Any]) -> list[str]:
 def report_html(report: dict[str, Any]) -> str:
     head = ("<tr>" + "".join(f"<th>{c.replace('_', ' ')}</th>" for c in COLUMNS) + "</tr>")
     body = "".join(
-        "<tr>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in COLUMNS) + "</tr>" for row in report["attacks"]
+        "<tr>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in COLUMNS) + "</tr>"
+        for row in report["attacks"]
     )
-    status = "complete" if report["complete"] else f"in progress: {report['finished']} of {report['jobs']} jobs"
+    status = ("complete" if report["complete"]
+              else f"in progress: {report['finished']} of {report['jobs']} jobs")
     plots = "".join(f"<figure>{svg}</figure>" for svg in report_plots(report))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Campaign {report['campaign']}</title>
@@ -112,7 +115,8 @@ def report_html(report: dict[str, Any]) -> str:
 td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}} td:first-child{{text-align:left}}
 figure{{display:inline-block;margin:1em 1em 0 0}}</style></head><body>
 <h1>Campaign {html.escape(report['campaign'])}</h1>
-<p>Model <b>{html.escape(report['model'])}</b>, {html.escape(report['goal'])}, budget {report['max_queries']:,}
+<p>Model <b>{html.escape(report['model'])}</b>, {html.escape(report['goal'])}, \
+budget {report['max_queries']:,}
 queries per job; {status}. Every attack got the same clips, targets and budget.</p>
 <table>{head}{body}</table>
 {plots}

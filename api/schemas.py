@@ -53,20 +53,24 @@ class JobOut(BaseModel):
     )
     status: JobStatus
     campaign_id: str | None = Field(description="The campaign that fanned this job out, if any.")
-    clip_index: int | None = Field(description="The campaign clip's index in its set (the same for every attack).")
+    clip_index: int | None = Field(
+        description="The campaign clip's index in its set (the same for every attack).",
+    )
     attack: str
     model: str
     goal: Literal["untargeted", "targeted"]
     target_label: int | None
-    source_label: int | None = Field(description="The oracle's top-1 label for the clean clip (None: pretrain).")
+    source_label: int | None = Field(
+        description="The oracle's top-1 label for the clean clip (None: pretrain).",
+    )
     source_label_name: str | None
     source_probability: float | None
     params: dict[str, Any] = Field(description="The attack's parameters, defaults filled in.")
     progress: Progress
     attempts: int = Field(
-        description="Deliveries that ran the job: 1 normally, 0 while queued. More than 1: a worker died or lost "
-        "its lease and the job resumed from its checkpoint against the same budget, drawing new random "
-        "numbers, so its queries are not those an uninterrupted run with the same seed sends.",
+        description="Deliveries that ran the job: 1 normally, 0 while queued. More than 1: a worker died "
+        "or lost its lease and the job resumed from its checkpoint against the same budget, drawing new "
+        "random numbers, so its queries are not those an uninterrupted run with the same seed sends.",
     )
     metrics: dict[str, Any] | None
     error: str | None
@@ -172,9 +176,10 @@ class ModelOut(BaseModel):
     input: ModelInput
     max_clips: int = Field(description="Most clips one oracle request may carry.")
     kernels: str | None = Field(
-        None, description="The float kernels the oracle computes with (torch version, device, CPU instruction "
-        "set, processor). Probabilities differ in their last digits between kernels, and so do the queries of a seeded "
-        "attack: a job repeats query for query only on an oracle with the same kernels.",
+        None, description="The float kernels the oracle computes with (torch version, device, CPU "
+        "instruction set, processor). Probabilities differ in their last digits between kernels, and so do "
+        "the queries of a seeded attack: a job repeats query for query only on an oracle with the same "
+        "kernels.",
     )
 
     @classmethod

@@ -128,7 +128,8 @@ def parse_goal(goal: str | None, target_label: str | None) -> tuple[str, int | N
         raise _unprocessable(f"goal must be one of {', '.join(GOALS)}, got {goal!r}")
     given = target_label is not None and target_label.strip() != ""
     if goal == "targeted" and not given:
-        raise _unprocessable("goal=targeted needs target_label (a label index; see GET /models for the labels)")
+        raise _unprocessable("goal=targeted needs target_label (a label index; "
+                             "see GET /models for the labels)")
     if goal == "untargeted" and given:
         raise _unprocessable("target_label is only used with goal=targeted; drop it or set goal=targeted")
     return goal, parse_int("target_label", target_label) if given else None
@@ -188,7 +189,8 @@ def describe_model(oracle: OracleHTTP, model: str) -> ModelSpec:
 
 
 def decode_upload(data: bytes, spec: ModelSpec, settings: Settings) -> np.ndarray:
-    limits = DecodeLimits(settings.max_decode_frames, settings.max_decode_pixels, settings.max_decode_total_pixels)
+    limits = DecodeLimits(settings.max_decode_frames, settings.max_decode_pixels,
+                          settings.max_decode_total_pixels)
     try:
         return decode_video(data, spec.frames, (spec.height, spec.width), limits)
     except VideoError as exc:
@@ -360,9 +362,10 @@ def resolve_policy(session: Session, key: ApiKey, submission: Submission) -> Sub
     job = latest_policy(session, key, submission.model, submission.goal)
     if job is None:
         raise _unprocessable(
-            f"rlsb needs a pre-trained policy for {submission.model} ({submission.goal}) and this key has none: "
-            f'POST /policies {{"model": "{submission.model}", "goal": "{submission.goal}", "max_queries": 20000}} '
-            "first, or set params.pretrain_inline_queries to pre-train inside this job")
+            f"rlsb needs a pre-trained policy for {submission.model} ({submission.goal}) and this key "
+            f'has none: POST /policies {{"model": "{submission.model}", "goal": "{submission.goal}", '
+            f'"max_queries": 20000}} first, or set params.pretrain_inline_queries to pre-train inside '
+            "this job")
     return replace(submission, params={**submission.params, "policy": job.id})
 
 

@@ -121,7 +121,8 @@ def _bounds(schema: dict) -> tuple[float | None, float | None]:
 
 def param_input(name: str, schema: dict) -> ParamInput:
     default = schema.get("default")
-    shown_default = "" if default is None else json.dumps(default) if not isinstance(default, str) else default
+    shown_default = ("" if default is None
+                     else json.dumps(default) if not isinstance(default, str) else default)
     description = schema.get("description", "")
     if "enum" in schema:
         return ParamInput(name, "choice", shown_default, description, [str(c) for c in schema["enum"]])

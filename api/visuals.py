@@ -78,7 +78,8 @@ def preview_webm(clean: np.ndarray, adversarial: np.ndarray, fps: int = PREVIEW_
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": "30", "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
         for frame in frames[:, :height, :width]:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame),
+                                                                   format="rgb24")))
         container.mux(stream.encode(None))
     return buffer.getvalue()
 

@@ -351,7 +351,8 @@ def metrics_summary(metrics: Mapping[str, Any] | None) -> str | None:
             parts.append("goal not met (label reached, perturbation above the attack's bound)")
         else:
             parts.append("goal met" if metrics["success"] else "goal not met")
-    final = label_text(metrics.get("final_label"), metrics.get("final_label_name"), metrics.get("final_probability"))
+    final = label_text(metrics.get("final_label"), metrics.get("final_label_name"),
+                       metrics.get("final_probability"))
     if final:
         parts.append(f"final label {final}")
     for key, title, digits in (("map", "MAP", 3), ("linf", "L∞", 3), ("sparsity", "sparsity", 3),
@@ -456,7 +457,8 @@ def cmd_health(vaas: VaasClient, args: argparse.Namespace) -> int:
         print_json(health)
     else:
         out(f"{health.get('status')} at {vaas.base_url}")
-        rows = [(name, "ok" if c.get("ok") else "DOWN", c.get("detail")) for name, c in health["components"].items()]
+        rows = [(name, "ok" if c.get("ok") else "DOWN", c.get("detail"))
+                for name, c in health["components"].items()]
         out(render_table(("COMPONENT", "STATE", "DETAIL"), rows, width=terminal_width()))
     return EXIT_OK if health.get("status") == "ok" else EXIT_ERROR
 
@@ -466,7 +468,8 @@ def cmd_attacks(vaas: VaasClient, args: argparse.Namespace) -> int:
     if args.name:
         chosen = next((a for a in attacks if a.get("name") == args.name), None)
         if chosen is None:
-            raise VaasError(f"no attack {args.name!r}; the attacks are {', '.join(a['name'] for a in attacks)}")
+            raise VaasError(f"no attack {args.name!r}; the attacks are "
+                            f"{', '.join(a['name'] for a in attacks)}")
         if args.json:
             print_json(chosen)
             return EXIT_OK
@@ -474,7 +477,8 @@ def cmd_attacks(vaas: VaasClient, args: argparse.Namespace) -> int:
         properties = (chosen.get("parameters") or {}).get("properties") or {}
         if properties:
             out("")
-            rows = [(name, schema_type(spec), short_json(spec["default"]) if "default" in spec else "(required)",
+            rows = [(name, schema_type(spec),
+                     short_json(spec["default"]) if "default" in spec else "(required)",
                      spec.get("description", "")) for name, spec in properties.items()]
             out(render_table(("PARAMETER", "TYPE", "DEFAULT", "DESCRIPTION"), rows, width=terminal_width()))
         return EXIT_OK
@@ -536,7 +540,8 @@ def cmd_models(vaas: VaasClient, args: argparse.Namespace) -> int:
         labels = m.get("labels") or []
         shown = ", ".join(labels[:6]) + (", …" if len(labels) > 6 else "")
         rows.append((m.get("name"), input_spec(m), m.get("max_clips"), len(labels), shown))
-    out(render_table(("MODEL", "INPUT", "MAX_CLIPS", "LABELS", "NAMES"), rows, right=(2, 3), width=terminal_width()))
+    out(render_table(("MODEL", "INPUT", "MAX_CLIPS", "LABELS", "NAMES"), rows, right=(2, 3),
+                     width=terminal_width()))
     note("all labels of one model (target indexes): vaas models NAME")
     return EXIT_OK
 
@@ -554,8 +559,9 @@ def cmd_submit(vaas: VaasClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.json:
         out(job["id"])
-        note(f"queued: {job.get('attack')} on {job.get('model')} ({job.get('goal')}), clean label "
-             f"{label_text(job.get('source_label'), job.get('source_label_name'), job.get('source_probability'))}, "
+        clean = label_text(job.get("source_label"), job.get("source_label_name"),
+                           job.get("source_probability"))
+        note(f"queued: {job.get('attack')} on {job.get('model')} ({job.get('goal')}), clean label {clean}, "
              f"budget {(job.get('progress') or {}).get('max_queries')} queries")
     if not args.wait:
         note(f"follow it: vaas wait {job['id']}")
@@ -598,7 +604,8 @@ def cmd_cancel(vaas: VaasClient, args: argparse.Namespace) -> int:
     elif job.get("status") == "cancelled":
         out(f"job {job['id']} cancelled")
     else:
-        out(f"job {job['id']} is {job.get('status')}: it stops at its next oracle round (vaas wait {job['id']})")
+        out(f"job {job['id']} is {job.get('status')}: it stops at its next oracle round "
+            f"(vaas wait {job['id']})")
     return EXIT_OK
 
 
@@ -659,7 +666,8 @@ def cmd_jobs(vaas: VaasClient, args: argparse.Namespace) -> int:
     for j in items:
         p = j.get("progress") or {}
         goal = j.get("goal") if j.get("goal") != "targeted" else f"targeted→{j.get('target_label')}"
-        rows.append((j.get("id"), j.get("status"), j.get("attack") if j.get("kind") != "pretrain" else "rlsb pretrain",
+        rows.append((j.get("id"), j.get("status"),
+                     j.get("attack") if j.get("kind") != "pretrain" else "rlsb pretrain",
                      j.get("model"), goal, f"{p.get('queries_used')}/{p.get('max_queries')}",
                      num(p.get("best_score")), when(j.get("created_at"))))
     if not rows:
@@ -674,7 +682,8 @@ def cmd_jobs(vaas: VaasClient, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ policies
 def cmd_policy_pretrain(vaas: VaasClient, args: argparse.Namespace) -> int:
     params = json_object(args.params) if args.params is not None else {}
-    policy = vaas.pretrain_policy(model=args.model, goal=args.goal, max_queries=args.max_queries, params=params)
+    policy = vaas.pretrain_policy(model=args.model, goal=args.goal, max_queries=args.max_queries,
+                                  params=params)
     if args.json and not args.wait:
         print_json(policy)
         return EXIT_OK
@@ -705,8 +714,10 @@ def cmd_policy_list(vaas: VaasClient, args: argparse.Namespace) -> int:
         out("no policies" + (f" for {args.model}" if args.model else ""))
         return EXIT_OK
     rows = [(p.get("id"), p.get("status"), p.get("model"), p.get("goal"),
-             f"{(p.get('progress') or {}).get('queries_used')}/{(p.get('progress') or {}).get('max_queries')}",
-             "yes" if (p.get("links") or {}).get("weights") else "no", when(p.get("created_at"))) for p in items]
+             f"{(p.get('progress') or {}).get('queries_used')}/"
+             f"{(p.get('progress') or {}).get('max_queries')}",
+             "yes" if (p.get("links") or {}).get("weights") else "no", when(p.get("created_at")))
+            for p in items]
     out(render_table(("ID", "STATUS", "MODEL", "GOAL", "QUERIES", "WEIGHTS", "CREATED"), rows, right=(4,)))
     page_footer(len(items), total, args.offset)
     return EXIT_OK
@@ -722,7 +733,8 @@ def cmd_policy_status(vaas: VaasClient, args: argparse.Namespace) -> int:
 
 
 def cmd_policy_download(vaas: VaasClient, args: argparse.Namespace) -> int:
-    return save(lambda dest: vaas.download_policy(args.id, dest), args.output, f"{args.id}-rlsb-policy.pt", args)
+    return save(lambda dest: vaas.download_policy(args.id, dest), args.output, f"{args.id}-rlsb-policy.pt",
+                args)
 
 
 # ------------------------------------------------------------------------------------ campaigns
@@ -802,7 +814,8 @@ def campaign_view(campaign: Mapping[str, Any], jobs: bool = True) -> str:
     goal = campaign.get("goal")
     if goal == "targeted" and campaign.get("target_rule"):
         goal = f"targeted (target rule {rule_text(campaign.get('target_rule'))})"
-    line = (f"{progress.get('finished')}/{progress.get('jobs')} jobs ended, {progress.get('succeeded')} succeeded; "
+    line = (f"{progress.get('finished')}/{progress.get('jobs')} jobs ended, "
+            f"{progress.get('succeeded')} succeeded; "
             f"{progress.get('queries_used')}/{progress.get('max_queries')} queries")
     times = " · ".join(f"{k} {when(campaign.get(f'{k}_at'))}" for k in ("created", "started", "finished")
                        if campaign.get(f"{k}_at"))
@@ -863,7 +876,8 @@ def cmd_campaign_list(vaas: VaasClient, args: argparse.Namespace) -> int:
     rows = []
     for c in items:
         p = c.get("progress") or {}
-        names = ",".join(a.get("name", "?") if isinstance(a, Mapping) else str(a) for a in c.get("attacks") or [])
+        names = ",".join(a.get("name", "?") if isinstance(a, Mapping) else str(a)
+                         for a in c.get("attacks") or [])
         rows.append((c.get("id"), c.get("status"), c.get("model"), c.get("goal"), names,
                      f"{p.get('finished')}/{p.get('jobs')}", p.get("succeeded"),
                      f"{p.get('queries_used')}/{p.get('max_queries')}", when(c.get("created_at"))))
@@ -874,7 +888,8 @@ def cmd_campaign_list(vaas: VaasClient, args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ report
-REPORT_COLUMNS = ("ATTACK", "JOBS", "FR", "Q MEAN (SUCC)", "Q MEDIAN (SUCC)", "Q MEAN (ALL)", "MAP", "L∞", "SPARSITY")
+REPORT_COLUMNS = ("ATTACK", "JOBS", "FR", "Q MEAN (SUCC)", "Q MEDIAN (SUCC)", "Q MEAN (ALL)", "MAP", "L∞",
+                  "SPARSITY")
 
 
 def _flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -899,7 +914,8 @@ def _pick(flat: Mapping[str, Any], exact: Sequence[str], need: Sequence[Sequence
         for key, value in flat.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            if all(any(token in key for token in group) for group in need) and not any(t in key for t in avoid):
+            if (all(any(token in key for token in group) for group in need)
+                    and not any(t in key for t in avoid)):
                 return value
     return None
 
@@ -911,7 +927,8 @@ def report_rows(report: Any) -> list[tuple[str, dict[str, Any]]]:
         rows = None
         for key in ("rows", "by_attack", "table", "results", "summary", "attacks"):
             candidate = report.get(key)
-            if isinstance(candidate, Mapping) and candidate and all(isinstance(v, Mapping) for v in candidate.values()):
+            if (isinstance(candidate, Mapping) and candidate
+                    and all(isinstance(v, Mapping) for v in candidate.values())):
                 rows = [{"attack": name, **value} for name, value in candidate.items()]
                 break
             if isinstance(candidate, list) and candidate and all(isinstance(v, Mapping) for v in candidate):
@@ -953,7 +970,8 @@ def report_table(report: Any) -> str | None:
                              "queries_successes_mean", "queries_succeeded_mean", "mean_queries_success"),
                       [("quer",), ("mean", "avg"), succ], avoid=("all", "fail")), 1),
             num(_pick(flat, ("queries_median_success", "queries_success_median", "queries_median_successes",
-                             "queries_successes_median", "queries_succeeded_median", "median_queries_success"),
+                             "queries_successes_median", "queries_succeeded_median",
+                             "median_queries_success"),
                       [("quer",), ("median",)], avoid=("all", "fail")), 1),
             num(_pick(flat, ("queries_mean_all", "queries_all_mean", "queries_mean", "mean_queries"),
                       [("quer",), ("mean", "avg"), ("all",)]), 1),
@@ -1034,7 +1052,8 @@ examples:
   JOB=$(vaas submit clip.mp4 --attack nes_pgd --model mini_c3d --max-queries 10000)
   vaas wait $JOB && vaas download $JOB --format mkv
   vaas queries $JOB --format csv -o queries.csv
-  vaas campaign create --model mini_c3d --attack nes_pgd --attack 'opt:{"alpha":0.2}' --max-queries 2000 --wait
+  vaas campaign create --model mini_c3d --attack nes_pgd --attack 'opt:{"alpha":0.2}' \\
+      --max-queries 2000 --wait
 """
 
 
@@ -1065,7 +1084,8 @@ def _command(commands: Any, name: str, func: Callable[..., int], help_text: str,
 
 
 def _list_options(parser: argparse.ArgumentParser, default_help: str) -> None:
-    parser.add_argument("--limit", type=positive_int, default=None, metavar="N", help=f"page size ({default_help})")
+    parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                        help=f"page size ({default_help})")
     parser.add_argument("--offset", type=non_negative_int, default=0, metavar="K", help="skip the first K")
 
 
@@ -1088,7 +1108,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     # ---- catalog
-    p = _command(commands, "health", cmd_health, "is the service up (database, broker, oracle)? no key needed",
+    p = _command(commands, "health", cmd_health,
+                 "is the service up (database, broker, oracle)? no key needed",
                  "  vaas health\n  vaas --url http://gpu-box:8000 health --json\n", needs_key=False)
     p = _command(commands, "attacks", cmd_attacks, "list the attacks, or one attack's parameters",
                  "  vaas attacks\n  vaas attacks nes_pgd          # its parameters, types and defaults\n"
@@ -1101,12 +1122,14 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- jobs
     p = _command(commands, "submit", cmd_submit, "upload a clip and start an attack; prints the job id",
                  "  vaas submit clip.mp4 --attack nes_pgd --model mini_c3d --max-queries 10000\n"
-                 "  vaas submit clip.npy --attack vbad --target 3 --max-queries 50000 --params '{\"epsilon\": 0.05}'\n"
+                 "  vaas submit clip.npy --attack vbad --target 3 --max-queries 50000 "
+                 "--params '{\"epsilon\": 0.05}'\n"
                  "  vaas submit clip.mkv --attack opt --max-queries 5000 --params @opt.json --wait\n"
                  "  JOB=$(vaas submit clip.mp4 --attack sign_opt --max-queries 20000)\n",
-                 description="Upload a clip (mp4, avi, mkv, webm or a uint8 T×H×W×3 .npy) and start an attack "
-                             "on it. The clean clip's prediction is the job's first query. Prints the job id "
-                             "(with --wait: then waits like `vaas wait`, exit 0 on success, 3 otherwise).")
+                 description="Upload a clip (mp4, avi, mkv, webm or a uint8 T×H×W×3 .npy) and start an "
+                             "attack on it. The clean clip's prediction is the job's first query. Prints the "
+                             "job id (with --wait: then waits like `vaas wait`, exit 0 on success, "
+                             "3 otherwise).")
     p.add_argument("video", help="the clip to attack")
     p.add_argument("--attack", required=True, metavar="NAME", help="see `vaas attacks`")
     p.add_argument("--model", metavar="M", help="see `vaas models` (default: the server's default model)")
@@ -1131,7 +1154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="job id")
     _add_wait_options(p)
 
-    p = _command(commands, "cancel", cmd_cancel, "cancel a job (a running one stops at its next oracle round)",
+    p = _command(commands, "cancel", cmd_cancel,
+                 "cancel a job (a running one stops at its next oracle round)",
                  "  vaas cancel $JOB\n")
     p.add_argument("job", help="job id")
 
@@ -1155,7 +1179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="job id")
     p.add_argument("--format", choices=("table", "json", "csv", "jsonl"), default="table",
                    help="default: a table of one page")
-    p.add_argument("-o", "--output", metavar="PATH", help="write to this file (csv/jsonl/json; default stdout)")
+    p.add_argument("-o", "--output", metavar="PATH",
+                   help="write to this file (csv/jsonl/json; default stdout)")
     _list_options(p, "server default 100")
 
     p = _command(commands, "jobs", cmd_jobs, "list your jobs, newest first",
@@ -1168,7 +1193,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="RLSB policies: pre-training is a job of its own with its own "
                                              "budget; an rlsb attack uses the newest finished policy of its "
                                              "model and goal, or params.policy.",
-                                 epilog="examples:\n  vaas policy pretrain --model mini_c3d --max-queries 18000\n"
+                                 epilog="examples:\n"
+                                        "  vaas policy pretrain --model mini_c3d --max-queries 18000\n"
                                         "  vaas policy list --model mini_c3d\n",
                                  formatter_class=_Formatter)
     policies = policy.add_subparsers(dest="policy_command", metavar="COMMAND", title="commands")
@@ -1181,7 +1207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--goal", choices=("untargeted", "targeted"), default="untargeted")
     p.add_argument("--max-queries", type=positive_int, required=True, metavar="N",
                    help="the pre-training job's own budget")
-    p.add_argument("--params", metavar="JSON|@FILE", help="pre-training parameters (GET /policies/parameters)")
+    p.add_argument("--params", metavar="JSON|@FILE",
+                   help="pre-training parameters (GET /policies/parameters)")
     p.add_argument("--wait", action="store_true", help="wait for pre-training to end (progress bar)")
     _add_wait_options(p, default_interval=2.0)
     p = _command(policies, "list", cmd_policy_list, "list your policies, newest first",
@@ -1196,20 +1223,22 @@ def build_parser() -> argparse.ArgumentParser:
                  "  vaas policy download $ID                # → <id>-rlsb-policy.pt\n"
                  "  vaas policy download $ID -o p.pt\n")
     p.add_argument("id", help="policy id")
-    p.add_argument("-o", "--output", metavar="PATH", help="file or folder (default <id>-rlsb-policy.pt; - for stdout)")
+    p.add_argument("-o", "--output", metavar="PATH",
+                   help="file or folder (default <id>-rlsb-policy.pt; - for stdout)")
 
     # ---- campaigns
     campaign = commands.add_parser("campaign", help="campaigns: many attacks × many clips, one report",
                                    description="A campaign runs each attack on each clip of a set (jobs with "
                                                "the same budget) and reports the robustness table.",
-                                   epilog="examples:\n  vaas campaign create --model mini_c3d --attack nes_pgd "
-                                          "--attack opt --max-queries 2000\n  vaas campaign wait $CID && "
-                                          "vaas report $CID\n",
+                                   epilog="examples:\n  vaas campaign create --model mini_c3d "
+                                          "--attack nes_pgd --attack opt --max-queries 2000\n"
+                                          "  vaas campaign wait $CID && vaas report $CID\n",
                                    formatter_class=_Formatter)
     campaigns = campaign.add_subparsers(dest="campaign_command", metavar="COMMAND", title="commands")
     campaigns.required = True
     p = _command(campaigns, "create", cmd_campaign_create, "start a campaign; prints its id",
-                 "  vaas campaign create --model mini_c3d --attack nes_pgd --attack sign_opt --max-queries 5000\n"
+                 "  vaas campaign create --model mini_c3d --attack nes_pgd --attack sign_opt "
+                 "--max-queries 5000\n"
                  "  vaas campaign create --model mini_c3d --attack 'nes_pgd:{\"epsilon\": 0.03}' \\\n"
                  "      --goal targeted --target-rule fixed:2 --max-queries 20000 --per-class 2 --wait\n")
     p.add_argument("--model", metavar="M", help="see `vaas models` (default: the server's default model)")
@@ -1222,7 +1251,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="budget of each job (the same for every attack)")
     p.add_argument("--set", dest="clip_set", metavar="SET", help="the clip set (server default: attack_set)")
     p.add_argument("--per-class", type=int, choices=(1, 2), help="clips of each class (server default)")
-    p.add_argument("--limit-clips", type=positive_int, metavar="N", help="only the first N clips (a quick look)")
+    p.add_argument("--limit-clips", type=positive_int, metavar="N",
+                   help="only the first N clips (a quick look)")
     p.add_argument("--wait", action="store_true", help="wait for the campaign to end (progress bar)")
     _add_wait_options(p, default_interval=2.0)
     p = _command(campaigns, "status", cmd_campaign_status, "a campaign's progress and jobs",
@@ -1230,8 +1260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", help="campaign id")
     p = _command(campaigns, "wait", cmd_campaign_wait, "wait for a campaign to end, with a progress bar",
                  "  vaas campaign wait $CID\n  vaas campaign wait $CID --timeout 3600 && vaas report $CID\n",
-                 description="Poll GET /campaigns/{id} until it ends (bar: jobs ended / jobs). Exit 0 when it "
-                             "ended normally, 3 when cancelled or in error, 1 on --timeout.")
+                 description="Poll GET /campaigns/{id} until it ends (bar: jobs ended / jobs). Exit 0 when "
+                             "it ended normally, 3 when cancelled or in error, 1 on --timeout.")
     p.add_argument("id", help="campaign id")
     _add_wait_options(p, default_interval=2.0)
     p = _command(campaigns, "cancel", cmd_campaign_cancel, "cancel a campaign's unfinished jobs",

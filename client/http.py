@@ -120,7 +120,8 @@ class VaasClient:
             return response.json()
         except ValueError as exc:
             raise VaasError(
-                f"{method} {path} answered {response.status_code} with a body that is not JSON", response.status_code
+                f"{method} {path} answered {response.status_code} with a body that is not JSON",
+                response.status_code,
             ) from exc
 
     def _stream(self, path: str, dest: Destination, params: Mapping[str, Any] | None = None) -> int:
@@ -171,7 +172,8 @@ class VaasClient:
         """POST /jobs (multipart): upload a clip and start an attack on it."""
         path = Path(video)
         fields: dict[str, str] = {"max_queries": str(max_queries)}
-        for name, value in (("attack", attack), ("model", model), ("goal", goal), ("target_label", target_label)):
+        for name, value in (("attack", attack), ("model", model), ("goal", goal),
+                            ("target_label", target_label)):
             if value is not None:
                 fields[name] = str(value)
         if params is not None:
@@ -196,7 +198,9 @@ class VaasClient:
         """DELETE /jobs/{id}: a queued job ends at once, a running one at its next oracle round."""
         return self._json("DELETE", f"/jobs/{_segment(job_id)}")
 
-    def download_adversarial(self, job_id: str, dest: Destination, format: Literal["npy", "mkv"] = "npy") -> int:
+    def download_adversarial(
+        self, job_id: str, dest: Destination, format: Literal["npy", "mkv"] = "npy"
+    ) -> int:
         """GET /jobs/{id}/adversarial?format=…, streamed to `dest`; returns the bytes written."""
         return self._stream(f"/jobs/{_segment(job_id)}/adversarial", dest, {"format": format})
 
@@ -226,7 +230,8 @@ class VaasClient:
     ) -> JSON:
         """GET /policies: a page of pre-training jobs, newest first."""
         return self._json(
-            "GET", "/policies", params=_clean({"model": model, "goal": goal, "limit": limit, "offset": offset})
+            "GET", "/policies",
+            params=_clean({"model": model, "goal": goal, "limit": limit, "offset": offset}),
         )
 
     def get_policy(self, policy_id: str) -> JSON:

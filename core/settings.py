@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     # --- oracle (TorchServe) ------------------------------------------------------------------
     oracle_url: str = "http://127.0.0.1:8080"
     oracle_management_url: str = "http://127.0.0.1:8081"
-    oracle_token: str | None = Field(None, description="Bearer token of TorchServe's inference API when auth is on.")
+    oracle_token: str | None = Field(
+        None, description="Bearer token of TorchServe's inference API when auth is on.",
+    )
     oracle_management_token: str | None = Field(
         None, description="Bearer token of TorchServe's management API when auth is on (key_file.json's "
         "'management' key; compose reads both tokens from TorchServe's key file).",
@@ -96,7 +98,8 @@ class Settings(BaseSettings):
     malloc_keep_mb: int = Field(
         1024, ge=0, le=2047, description="Freed heap memory (MiB) a process doing tensor work keeps for "
         "reuse, with glibc's per-block mmap turned off (core/memory.py): forwards 1.8-3.9x faster on CPU "
-        "(scripts/bench_forward.py), the process keeping about the peak of its forwards resident. 0 leaves glibc's defaults.",
+        "(scripts/bench_forward.py), the process keeping about the peak of its forwards resident. 0 leaves "
+        "glibc's defaults.",
     )
 
     @property

@@ -77,7 +77,8 @@ def _check_frame_count(frames: int, limits: DecodeLimits, what: str) -> None:
     """`what` says where the count comes from: 'the video declares', 'the .npy clip has', …"""
     if frames > limits.max_frames:
         raise VideoError(
-            f"{what} {frames} frames, more than the limit of {limits.max_frames}; trim it to the clip to attack"
+            f"{what} {frames} frames, more than the limit of {limits.max_frames}; "
+            f"trim it to the clip to attack"
         )
 
 
@@ -100,7 +101,9 @@ def _load_npy(data: bytes, limits: DecodeLimits) -> np.ndarray:
     try:
         return npy_array(data, header)
     except ValueError as exc:
-        raise VideoError(f"unreadable .npy ({exc}); upload the file np.save wrote, whole and unchanged") from exc
+        raise VideoError(
+            f"unreadable .npy ({exc}); upload the file np.save wrote, whole and unchanged"
+        ) from exc
 
 
 def _check_npy_header(shape: tuple[int, ...], dtype: np.dtype, limits: DecodeLimits) -> None:
@@ -151,7 +154,9 @@ def _check_declared(stream, limits: DecodeLimits) -> None:
     _check_frame_size(width, height, limits)
     declared_frames = stream.frames  # 0 when the container does not say (Matroska, WebM)
     _check_frame_count(declared_frames, limits, "the video declares")
-    _check_decode_work(declared_frames * width * height, f"{declared_frames} frames of {width}×{height}", limits)
+    _check_decode_work(
+        declared_frames * width * height, f"{declared_frames} frames of {width}×{height}", limits
+    )
 
 
 def _check_packets(data: bytes, limits: DecodeLimits) -> None:
@@ -234,7 +239,8 @@ def write_npy(clip: np.ndarray, path: Path) -> None:
 
 
 def encode_ffv1(clip: np.ndarray, fps: int = 25) -> bytes:
-    """Lossless FFV1 RGB (bgr0: the same bytes reordered and padded; 8-bit gbrp is not offered) in Matroska."""
+    """Lossless FFV1 RGB (bgr0: the same bytes reordered and padded; 8-bit gbrp is not offered) in
+    Matroska."""
     import av
 
     _, h, w, _ = clip.shape

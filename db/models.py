@@ -95,7 +95,8 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
-    kind: Mapped[str] = mapped_column(String(16), default=JobKind.attack.value, server_default=JobKind.attack.value)
+    kind: Mapped[str] = mapped_column(String(16), default=JobKind.attack.value,
+                                      server_default=JobKind.attack.value)
     attack: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(128))
     goal: Mapped[str] = mapped_column(String(16))  # untargeted | targeted
@@ -127,10 +128,12 @@ class Job(Base):
     # holds, so a job never runs twice at once (worker/leases.py).
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    requeued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # last re-publish by the sweeper
+    # last re-publish by the sweeper
+    requeued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     # Jobs a campaign fanned out: which campaign, and which of its clips (the same index for every attack).
-    campaign_id: Mapped[str | None] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    campaign_id: Mapped[str | None] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"),
+                                                    index=True)
     clip_index: Mapped[int | None] = mapped_column(Integer)
 
     artifacts: Mapped[list[Artifact]] = relationship(back_populates="job", cascade="all, delete-orphan")

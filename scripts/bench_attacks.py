@@ -63,8 +63,8 @@ DEFAULT_ATTACKS = SCORE_ATTACKS + DECISION_ATTACKS
 EXTRA_ATTACKS = ["vbad:tentative=static", "vbad:tentative=random", "vbad:partition=random"]
 BUDGETS = {"untargeted": 15_000, "targeted": 30_000}
 # Scalars of an attack's trace worth keeping with its row (why it stopped, where ε ended, …).
-ROW_TRACE_KEYS = ("stopped", "epsilon_levels", "initial_queries", "spatial_stage", "spatial_dropped", "key_frames",
-                  "alpha_levels", "decay_levels", "shrinks", "same_eps_kept", "same_eps_lost")
+ROW_TRACE_KEYS = ("stopped", "epsilon_levels", "initial_queries", "spatial_stage", "spatial_dropped",
+                  "key_frames", "alpha_levels", "decay_levels", "shrinks", "same_eps_kept", "same_eps_lost")
 # Tracked in git: the grid takes days of CPU, so every session resumes where the last one stopped.
 RESULTS = Path("benchmarks/attacks.jsonl")
 
@@ -84,7 +84,8 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 def temporal_models() -> list[str]:
     from model_server import zoo
 
-    return [name for name, e in zoo.MODELS.items() if e.dataset == "motion" and zoo.weights_path(name).exists()]
+    return [name for name, e in zoo.MODELS.items()
+            if e.dataset == "motion" and zoo.weights_path(name).exists()]
 
 
 def _one(task: dict, threads: int) -> dict:
@@ -179,14 +180,17 @@ def run_via_service(tasks: list[dict], url: str, key: str, per_class: int) -> li
             campaign = _wait_campaign(http, response.json()["id"])
             for job in campaign["jobs"]:
                 if job["clip_index"] in indices:
-                    rows.append(_service_row(http.get(f"/jobs/{job['id']}").json(), model, goal, spec, campaign))
+                    rows.append(_service_row(http.get(f"/jobs/{job['id']}").json(), model, goal, spec,
+                                             campaign))
     return rows
 
 
 def _service_policy(http, model: str, goal: str) -> None:
-    if any(p["status"] == "succeeded" for p in http.get("/policies", params={"model": model, "goal": goal}).json()["items"]):
+    if any(p["status"] == "succeeded"
+           for p in http.get("/policies", params={"model": model, "goal": goal}).json()["items"]):
         return
-    started = http.post("/policies", json={"model": model, "goal": goal, "max_queries": PRETRAIN_BUDGETS[goal]})
+    started = http.post("/policies",
+                        json={"model": model, "goal": goal, "max_queries": PRETRAIN_BUDGETS[goal]})
     started.raise_for_status()
     while http.get(f"/policies/{started.json()['id']}").json()["status"] in ("queued", "running"):
         time.sleep(5)
@@ -210,7 +214,8 @@ def _service_row(job: dict, model: str, goal: str, spec: str, campaign: dict) ->
     success = job["status"] == "succeeded"
     return {"model": model, "attack": spec, "goal": goal, "index": job["clip_index"], "via": "service",
             "campaign": campaign["id"], "label": job["source_label"], "target": job["target_label"],
-            "success": success, "label_met": metrics.get("label_met"), "queries": job["progress"]["queries_used"],
+            "success": success, "label_met": metrics.get("label_met"),
+            "queries": job["progress"]["queries_used"],
             "seconds": metrics.get("wall_time_s"), "kernels": metrics.get("oracle_kernels"),
             "map": metrics.get("map"), "sparsity": metrics.get("sparsity"),
             "frames_perturbed": metrics.get("frames_perturbed"), "linf": metrics.get("linf"),
@@ -311,8 +316,11 @@ def table(args: argparse.Namespace) -> None:
     print(f"Progress: {progress(rows, _cells_per_clip(rows))}\n")
     groups: dict[tuple[str, str, str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["model"], row["goal"], row["attack"], row.get("via", "inprocess")), []).append(row)
-    print("| model | goal | attack | via | clips | FR² | within MAP bound³ | queries mean / median (successes) "
+        groups.setdefault(
+            (row["model"], row["goal"], row["attack"], row.get("via", "inprocess")), []
+        ).append(row)
+    print("| model | goal | attack | via | clips | FR² | within MAP bound³ "
+          "| queries mean / median (successes) "
           "| queries mean (all) | MAP (all) | L∞ (all) | sparsity | frames perturbed | time / clip (s)¹ |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (model, goal, attack, via), items in sorted(groups.items()):
@@ -321,22 +329,24 @@ def table(args: argparse.Namespace) -> None:
         median = statistics.median(won_queries) if won_queries else None
         bounded = [r["within_map_bound"] for r in items if r.get("within_map_bound") is not None]
         within = f"{sum(bounded) / len(bounded):.0%}" if bounded else "—"
-        print(f"| {model} | {goal} | `{attack}` | {via} | {len(items)} | {len(wins) / len(items):.0%} | {within} "
+        print(f"| {model} | {goal} | `{attack}` | {via} | {len(items)} | {len(wins) / len(items):.0%} "
+              f"| {within} "
               f"| {_fmt(_mean(won_queries))} / {_fmt(median)} | {_fmt(_mean([r['queries'] for r in items]))} "
               f"| {_fmt(_mean([r['map'] for r in items]), 2)} | {_fmt(_mean([r['linf'] for r in items]), 0)} "
               f"| {_fmt(_mean([r['sparsity'] for r in items]), 2)} "
               f"| {_fmt(_mean([r['frames_perturbed'] for r in items]), 1)} "
               f"| {_time(items)} |")
     print("\n¹ CPU seconds of the run's process (one torch thread), averaged over the cell's runs made with "
-          "freed memory kept (core/memory.py, from 2026-11-22); `‡` marks a mean over earlier runs only, made "
-          "under glibc's default malloc, whose forwards were 1.8-3.9× slower (`scripts/bench_forward.py`); `w` a "
-          "wall-clock mean, from rows recorded before CPU time was, which also counts any time the grid was "
-          "paused.")
-    print("\n² Runs that succeeded as a job does (worker/attacks/base.py `job_succeeded`): the oracle puts the "
-          "final clip where the goal demands and the attack's own criterion holds; for a targeted score-based "
-          "attack, which keeps the target from its ε = 1 start, that is ε shrunk to the goal ε (V-BAD Sec. 4.1).")
-    print("\n³ Hard-label runs whose final clip also has MAP ≤ the bound ω (3 untargeted, 9 targeted; RLSB Sec. 4.3): "
-          "they always end adversarial and report the MAP they reached.")
+          "freed memory kept (core/memory.py, from 2026-11-22); `‡` marks a mean over earlier runs only, "
+          "made under glibc's default malloc, whose forwards were 1.8-3.9× slower "
+          "(`scripts/bench_forward.py`); `w` a wall-clock mean, from rows recorded before CPU time was, "
+          "which also counts any time the grid was paused.")
+    print("\n² Runs that succeeded as a job does (worker/attacks/base.py `job_succeeded`): the oracle puts "
+          "the final clip where the goal demands and the attack's own criterion holds; for a targeted "
+          "score-based attack, which keeps the target from its ε = 1 start, that is ε shrunk to the goal ε "
+          "(V-BAD Sec. 4.1).")
+    print("\n³ Hard-label runs whose final clip also has MAP ≤ the bound ω (3 untargeted, 9 targeted; "
+          "RLSB Sec. 4.3): they always end adversarial and report the MAP they reached.")
     _policy_table()
     _claims_table(rows)
 
@@ -442,7 +452,8 @@ def _tally_clip(tally: dict[str, list[int]], family: Family, clip_runs: dict[str
 
 
 def _print_tally(tally: dict[str, list[int]], family: Family) -> None:
-    print("\n| attack | clips | met its criterion | first alone | first, tied | lowest MAP of those that met it |")
+    print("\n| attack | clips | met its criterion | first alone | first, tied "
+          "| lowest MAP of those that met it |")
     print("|---|---:|---:|---:|---:|---:|")
     for attack, (clips, met, alone, tied, lowest) in tally.items():
         ranks = (alone, tied, lowest) if attack in family.ranked else ("—",) * 3
@@ -461,9 +472,9 @@ def clips(args: argparse.Namespace) -> None:
           "the goal at ε = 0.05; the MAP bound 3 / 9 for hard-label ones; fooled for key-frame transfer), "
           "else ✗ and how far it got: the ε (uint8 levels, goal 12) a targeted score-based run brought down, "
           "the queries · MAP a hard-label run stopped at. **Bold**: first on that clip, by the standing the "
-          "claims table uses (met the criterion, then fewer queries; else nearer the goal); no bold where every "
-          "ranked attack failed alike. Each family's tally follows its table and counts only the clips on "
-          "which every ranked attack of the family has run.")
+          "claims table uses (met the criterion, then fewer queries; else nearer the goal); no bold where "
+          "every ranked attack failed alike. Each family's tally follows its table and counts only the clips "
+          "on which every ranked attack of the family has run.")
     for family in FAMILIES:
         for goal in ("untargeted", "targeted"):
             _family_table(family, goal, rows)
@@ -585,13 +596,15 @@ def _claims_table(rows: list[dict]) -> None:
             comparisons += p is not None
             print(f"| {what} | {claim.source} | {goal} | " + " | ".join(cells)
                   + f" | {_counts_cell(total)} | {'—' if p is None else f'{p:.2g}'} |")
-    print("\n⁴ Clips on which the claim held – tied – failed, comparing the two attacks' runs on the same clip: "
-          "a run that met its criterion (FR², or the MAP bound³ for hard-label attacks) beats one that did not "
-          "and otherwise stands by its queries; two that did not, by the MAP reached (hard-label) or the ε "
-          "reached (targeted score-based; untargeted ones that failed tie). (MAP): the MAP of clips both fooled.")
+    print("\n⁴ Clips on which the claim held – tied – failed, comparing the two attacks' runs on the same "
+          "clip: a run that met its criterion (FR², or the MAP bound³ for hard-label attacks) beats one that "
+          "did not and otherwise stands by its queries; two that did not, by the MAP reached (hard-label) or "
+          "the ε reached (targeted score-based; untargeted ones that failed tie). (MAP): the MAP of clips "
+          "both fooled.")
     print(f"\n⁵ Two-sided exact sign test over all models' clips that did not tie: the chance of a split at "
-          f"least this uneven if either attack were as likely to win on each clip. The table makes {comparisons} "
-          f"such comparisons: if no attack were better than another, about {comparisons / 20:.1f} would show p < 0.05 by chance; one run per "
+          f"least this uneven if either attack were as likely to win on each clip. The table makes "
+          f"{comparisons} such comparisons: if no attack were better than another, about "
+          f"{comparisons / 20:.1f} would show p < 0.05 by chance; one run per "
           f"clip (seed 0), and a single run's queries move with its seed (`probe --seeds`).")
 
 
@@ -660,7 +673,8 @@ def plot(args: argparse.Namespace) -> None:
         _plot_hard_label(axes[1][column], hard, goal, colours)
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[m], label=m) for m in models]
     figure.legend(handles=handles, loc="upper center", ncol=len(models), frameon=False)
-    figure.text(0.5, 0.005, "filled: met its criterion (FR, or the MAP bound for hard-label); hollow: did not",
+    figure.text(0.5, 0.005,
+                "filled: met its criterion (FR, or the MAP bound for hard-label); hollow: did not",
                 ha="center", fontsize=9)
     figure.tight_layout(rect=(0, 0.02, 1, 0.96))
     args.figure.parent.mkdir(parents=True, exist_ok=True)
@@ -736,8 +750,8 @@ def probe(args: argparse.Namespace) -> None:
     prepare = _policy_loader(args.model, goal) if name == "rlsb" else None  # the grid's policy
     runs = []
     for seed in args.seeds or [params.get("seed", 0)]:
-        result = run_local(name, {**params, "seed": seed}, args.model, clip, args.budget, target_label=args.target,
-                           prepare=prepare)
+        result = run_local(name, {**params, "seed": seed}, args.model, clip, args.budget,
+                           target_label=args.target, prepare=prepare)
         runs.append({"attack": args.attack, "clip": args.clip, "seed": seed, "success": result.success,
                      "queries": result.queries, "map": round(result.metrics["map"], 2),
                      "linf": result.metrics["linf"],
@@ -784,12 +798,13 @@ def main() -> None:
     lister.add_argument("--goal", choices=["untargeted", "targeted"])
     lister.add_argument("--model")
     lister.add_argument("--results", type=Path, default=RESULTS)
-    clipper = sub.add_parser("clips", help="every clip, family by family: who came first and how far each got "
-                             "(markdown: benchmarks/per_clip.md)")
+    clipper = sub.add_parser("clips", help="every clip, family by family: who came first and how far each "
+                             "got (markdown: benchmarks/per_clip.md)")
     clipper.add_argument("--results", type=Path, default=RESULTS)
     clipper.add_argument("--via", choices=["inprocess", "service"], default="inprocess")
     clipper.add_argument("--upto", type=int, help="only attack-set clips up to this index (complete rounds)")
-    coster = sub.add_parser("cost", help="CPU-hours of round 0, of a round at today's speed, of a score-based run that spends its budget, and of each clip and goal as recorded")
+    coster = sub.add_parser("cost", help="CPU-hours of round 0, of a round at today's speed, of a "
+                            "score-based run that spends its budget, and of each clip and goal as recorded")
     coster.add_argument("--results", type=Path, default=RESULTS)
     plotter = sub.add_parser("plot", help="draw every run of a results file (PNG)")
     plotter.add_argument("--results", type=Path, default=RESULTS)
@@ -804,7 +819,8 @@ def main() -> None:
                         help="run once per seed and print the spread (default: the spec's seed, else 0)")
     args = parser.parse_args()
     started = time.monotonic()
-    {"run": run, "table": table, "runs": runs, "clips": clips, "cost": cost, "plot": plot, "probe": probe}[args.action](args)
+    {"run": run, "table": table, "runs": runs, "clips": clips, "cost": cost, "plot": plot,
+     "probe": probe}[args.action](args)
     if args.action == "run":
         print(f"done in {time.monotonic() - started:.0f} s")
 

@@ -29,7 +29,8 @@ from core.memory import keep_freed_memory
 from model_server import attack_set, zoo
 
 
-def timed(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, reps: int) -> tuple[float, np.ndarray]:
+def timed(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+          reps: int) -> tuple[float, np.ndarray]:
     """(ms per clip, top-1 probabilities) of `forward` on `inputs`, after one warm-up call."""
     with torch.inference_mode():
         forward(inputs)
@@ -65,8 +66,10 @@ def main() -> None:
     resident_glibc = _resident_mb()
     if not keep_freed_memory():
         sys.exit("freed memory cannot be kept here (not glibc, or VAAS_MALLOC_KEEP_MB=0)")
-    print(f"| model | fp32 ms/clip, glibc defaults (max Δp) | fp32 ms/clip | TorchScript frozen ms/clip (max Δp) "
-          f"| bf16 autocast ms/clip (max Δp) | max Δp, 8 vs {args.batch} per forward |\n|---|---:|---:|---:|---:|---:|")
+    print(f"| model | fp32 ms/clip, glibc defaults (max Δp) | fp32 ms/clip "
+          f"| TorchScript frozen ms/clip (max Δp) "
+          f"| bf16 autocast ms/clip (max Δp) | max Δp, 8 vs {args.batch} per forward |\n"
+          f"|---|---:|---:|---:|---:|---:|")
     for name, (model, inputs) in tqdm(loaded.items(), desc="models", leave=False):
         base_ms, base_p = timed(model, inputs, args.reps)
         glibc_ms, glibc_p = glibc[name]

@@ -74,7 +74,8 @@ async def _poll(key: str, ids: list[str], pollers: int, seconds: float) -> tuple
     failures = 0
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=pollers, max_keepalive_connections=pollers)
-    async with httpx.AsyncClient(base_url=URL, headers={"X-API-Key": key}, limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=URL, headers={"X-API-Key": key}, limits=limits,
+                                 timeout=60) as client:
         async def poller(n: int) -> None:
             nonlocal failures
             i = n
@@ -97,7 +98,8 @@ def poll_latency(client: httpx.Client, key: str, pollers: int, seconds: float, q
     for job_id in ids:
         client.delete(f"/jobs/{job_id}")
     cut = np.percentile(latencies, [50, 99])
-    return {"pollers": pollers, "requests": len(latencies), "failed": failures, "requests_per_s": round(len(latencies) / seconds),
+    return {"pollers": pollers, "requests": len(latencies), "failed": failures,
+            "requests_per_s": round(len(latencies) / seconds),
             "p50_ms": round(float(cut[0]), 1), "p99_ms": round(float(cut[1]), 1)}
 
 
@@ -141,8 +143,8 @@ def main() -> None:
             for workers in (1, 2) if "throughput" not in args.skip else ():
                 print("throughput", throughput(client, workers, args.jobs, args.queries), flush=True)
             if "poll" not in args.skip:
-                print("GET /jobs/{id}", poll_latency(client, key, args.pollers, args.poll_seconds, args.queries),
-                      flush=True)
+                print("GET /jobs/{id}",
+                      poll_latency(client, key, args.pollers, args.poll_seconds, args.queries), flush=True)
         for row in oracle_ratio() if "oracle" not in args.skip else ():
             print("oracle", row, flush=True)
     finally:

@@ -23,7 +23,8 @@ TERMINAL = {"succeeded", "budget_exhausted", "failed", "cancelled", "error"}
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--video", type=Path, default=ROOT / "samples" / "sample_clip.mkv")
     parser.add_argument("--attack", default="nes_pgd")
     parser.add_argument("--max-queries", type=int, default=10_000)
@@ -132,7 +133,8 @@ def report(job: dict, files: dict, identical: bool, audited: bool, recheck: dict
                                    f"re-checked against the oracle: goal {'met' if goal_met else 'NOT met'}"),
         ("queries used", f"{job['progress']['queries_used']} of {job['progress']['max_queries']}"),
         ("attempts", _attempts(job.get("attempts", 1))),
-        ("oracle kernels", f"{metrics.get('oracle_kernels')} (the query count repeats only on the same kernels)"),
+        ("oracle kernels",
+         f"{metrics.get('oracle_kernels')} (the query count repeats only on the same kernels)"),
         ("MAP (0-255)", f"{metrics.get('map', float('nan')):.3f}"),
         ("L∞ (levels of 255)", str(metrics.get("linf"))),
         ("frames perturbed", f"{metrics.get('frames_perturbed')} of {metrics.get('frames')}"),

@@ -1,13 +1,14 @@
 """Query fingerprints: did a code change alter what any attack sends to the oracle?
 
     .venv/bin/python scripts/query_fingerprints.py                  # print one line per case
-    .venv/bin/python scripts/query_fingerprints.py --against HEAD   # compare with a commit; exit 1 if any differs
+    .venv/bin/python scripts/query_fingerprints.py --against HEAD   # diff with a commit; exit 1 if any
 
 The benchmark grid runs for days and its rows are only comparable if the attacks' queries stay the same
 under a refactor. Each case runs one attack, untargeted or targeted, on the unit tests' toy oracle
-(tests/attacks/conftest.py; key-frame selection and RLSB on their tests' own toys) and prints the number of queries, a digest of every clip sent in order,
-and the result. `--against REV` runs this script as it is in REV (which must have it) in a temporary
-worktree and diffs the two outputs. Same machine only: torch and numpy may round differently elsewhere.
+(tests/attacks/conftest.py; key-frame selection and RLSB on their tests' own toys) and prints the number of
+queries, a digest of every clip sent in order, and the result. `--against REV` runs this script as it is in
+REV (which must have it) in a temporary worktree and diffs the two outputs. Same machine only: torch and numpy
+may round differently elsewhere.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from worker.attacks import build_attack  # noqa: E402
 
 FAST = {"epsilon_decay": 0.1}  # targeted runs reach the goal ε within the toy budgets
 FOCUS = {"patch_size": 8, "candidates_per_side": 3, "max_key_frames": 2}
-ONE_SMALL_IMAGE_MODEL = {"image_models": ["efficientnet_lite0"], "image_size": 32}  # Eq. 7 on the CPU in seconds
+# Eq. 7 on the CPU in seconds
+ONE_SMALL_IMAGE_MODEL = {"image_models": ["efficientnet_lite0"], "image_size": 32}
 CASES: dict[str, tuple[str, dict]] = {
     "vbad": ("vbad", {**FAST, **ONE_SMALL_IMAGE_MODEL}),
     "vbad_static": ("vbad", {**FAST, "tentative": "static"}),
@@ -51,7 +53,8 @@ CASES: dict[str, tuple[str, dict]] = {
     # a surrogate that does not transfer (another seed than the oracle's): the NES finish does the work
     "keyframe_finish": ("keyframe_grad", {"surrogate_seed": 9, "max_iterations": 20, "finish_with": "nes_pgd",
                                           "epsilon": 12 / 255, "finish_population": 20}),
-    # a seeded, untrained policy: the frame-deletion MDP, targeted fine-tuning (PPO) and Sign-OPT with the MAP bound
+    # a seeded, untrained policy: the frame-deletion MDP, targeted fine-tuning (PPO) and Sign-OPT with the MAP
+    # bound
     "rlsb": ("rlsb", {"finetune_iterations": 1, "finetune_timesteps": 4}),
     "rlsb_inline_pretraining": ("rlsb", {"pretrain_inline_queries": 120, "finetune_iterations": 0}),
 }
@@ -72,7 +75,8 @@ def fingerprint(name: str, params: dict, target: int | None, bias: float) -> str
     sent = hashlib.sha256("\n".join(map(str, oracle.log)).encode()).hexdigest()[:16]
     best = tracker.best
     result = hashlib.sha256(best.clip.tobytes()).hexdigest()[:12]
-    return f"queries={oracle.used} sent={sent} result={result} distance={best.distance} success={best.success}"
+    return (f"queries={oracle.used} sent={sent} result={result} distance={best.distance} "
+            f"success={best.success}")
 
 
 def rlsb_attack(params: dict, target: int | None):
@@ -100,7 +104,8 @@ def output_at(tree: Path) -> list[str]:
 def compare_with(revision: str) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         baseline = Path(scratch) / "baseline"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(baseline), revision], cwd=ROOT, check=True)
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(baseline), revision], cwd=ROOT,
+                       check=True)
         try:
             before = output_at(baseline)
         finally:
@@ -112,8 +117,10 @@ def compare_with(revision: str) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--against", metavar="REV", help="git revision to compare with (it must have this script)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--against", metavar="REV",
+                        help="git revision to compare with (it must have this script)")
     args = parser.parse_args()
     if args.against:
         return compare_with(args.against)

@@ -1,6 +1,6 @@
 """Print BENCHMARKS.md's robustness section from what the fault, hostile-input and fuzz tests recorded.
 
-    make test                                  # or: pytest tests/test_faults_e2e.py tests/test_hostile_input_e2e.py tests/test_fuzz_e2e.py
+    make test                                  # or: pytest tests/test_{faults,hostile_input,fuzz}_e2e.py
     .venv/bin/python scripts/robustness_report.py [--artifacts var/test-artifacts]
 
 The tests write var/test-artifacts/faults.jsonl (one line per injected fault), hostile-input.json and
@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def fault_table(path: Path) -> list[str]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    lines = ["| fault injected | job ended | attempts | queries used / budget | audit rows | failed (counted) rows |",
+    lines = ["| fault injected | job ended | attempts | queries used / budget | audit rows "
+             "| failed (counted) rows |",
              "|---|---|---|---|---|---|"]
     for row in rows:
         kept = "✓" if row["audit_rows"] == row["queries_used"] <= row["max_queries"] else "✗"
@@ -49,7 +50,8 @@ def fuzz_summary(path: Path) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", type=Path, default=ROOT / "var" / "test-artifacts")
     args = parser.parse_args()
     sections = [

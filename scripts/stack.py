@@ -163,7 +163,8 @@ def start_oracle(profile: Profile, env: dict[str, str]) -> bool:
         print("[stack] TorchServe already running on 127.0.0.1:8080")
         return False
     print("[stack] starting TorchServe …")
-    subprocess.run([PYTHON, "-m", "model_server.serve", "start"], cwd=ROOT, env={**os.environ, **env}, check=True)
+    subprocess.run([PYTHON, "-m", "model_server.serve", "start"], cwd=ROOT, env={**os.environ, **env},
+                   check=True)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     _oracle_marker(profile).write_text("1")
     return True
@@ -253,7 +254,8 @@ def status() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status", "env"])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="dev")
     args = parser.parse_args()

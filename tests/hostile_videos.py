@@ -53,7 +53,9 @@ class _Case:
 _CASES: dict[str, _Case] = {}
 
 
-def _case(name: str, filename: str, why: str, expect: str) -> Callable[[Callable[[], bytes]], Callable[[], bytes]]:
+def _case(
+    name: str, filename: str, why: str, expect: str
+) -> Callable[[Callable[[], bytes]], Callable[[], bytes]]:
     def register(build: Callable[[], bytes]) -> Callable[[], bytes]:
         _CASES[name] = _Case(filename, why, expect, build)
         return build
@@ -140,7 +142,8 @@ def _encoded(width: int, height: int, n_frames: int, fmt: str, moving: bool = Fa
         still = _black_frame(width, height)
         for index in range(n_frames):
             if moving:
-                frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (height, width, 3), np.uint8), "rgb24")
+                frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (height, width, 3), np.uint8),
+                                                   "rgb24")
             else:
                 frame = still
             frame.pts = index
@@ -271,7 +274,8 @@ def _mp4_index_overwritten() -> bytes:
     return bytes(data)
 
 
-@_case("audio-only-mkv", "clip.mkv", "a Matroska file with one AAC audio stream and no video", "no video stream")
+@_case("audio-only-mkv", "clip.mkv", "a Matroska file with one AAC audio stream and no video",
+       "no video stream")
 def _audio_only_mkv() -> bytes:
     return _audio_only("matroska")
 
@@ -281,19 +285,22 @@ def _audio_only_mp4() -> bytes:
     return _audio_only("mp4")
 
 
-@_case("zero-frames-mp4", "clip.mp4", "an MP4 that declares an H.264 track and holds no frame", "no readable stream")
+@_case("zero-frames-mp4", "clip.mp4", "an MP4 that declares an H.264 track and holds no frame",
+       "no readable stream")
 def _zero_frames_mp4() -> bytes:
     return _container("mp4", _h264_stream(112, 112), lambda streams: iter(()))
 
 
-@_case("zero-frames-mkv", "clip.mkv", "a Matroska header with an H.264 track and no frame", "could not decode")
+@_case("zero-frames-mkv", "clip.mkv", "a Matroska header with an H.264 track and no frame",
+       "could not decode")
 def _zero_frames_mkv() -> bytes:
     return _container("matroska", _h264_stream(112, 112), lambda streams: iter(()))
 
 
 # ---------------------------------------------------------------------- decompression bombs
 @_case("huge-resolution", "clip.mp4",
-       "one 8192×8192 frame (200 MB of RGB) in ~100 KiB: the decoder would allocate it", "resolution 8192×8192")
+       "one 8192×8192 frame (200 MB of RGB) in ~100 KiB: the decoder would allocate it",
+       "resolution 8192×8192")
 def _huge_resolution() -> bytes:
     return _repeated_skip_frames(8192, 8192, 1, "mp4")
 
@@ -335,7 +342,8 @@ def _npy_100k_frames() -> bytes:
     return npy_header("(100000, 112, 112, 3)") + bytes(1024)
 
 
-@_case("npy-huge-resolution", "clip.npy", "a .npy header declaring one 8192×8192 frame", "resolution 8192×8192")
+@_case("npy-huge-resolution", "clip.npy", "a .npy header declaring one 8192×8192 frame",
+       "resolution 8192×8192")
 def _npy_huge_resolution() -> bytes:
     return npy_header("(1, 8192, 8192, 3)") + bytes(1024)
 

@@ -145,7 +145,8 @@ def test_scores_are_minus_the_goal_score_of_the_answered_samples():
     scored = score_samples(_context(oracle, clean, Goal(source_label=0, target_label=1)), samples,
                            stop_when_met=False)
     assert oracle.sent == 3  # the budget answered three of four
-    assert scored.losses.tolist() == pytest.approx([0.9, -0.6, 0.7]) and scored.met.tolist() == [False, True, False]
+    assert (scored.losses.tolist() == pytest.approx([0.9, -0.6, 0.7])
+            and scored.met.tolist() == [False, True, False])
 
 
 def test_a_sample_that_meets_the_goal_ends_the_estimate_as_the_success():

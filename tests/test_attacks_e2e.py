@@ -167,7 +167,8 @@ def test_budget_is_spent_exactly_and_the_same_seed_repeats_every_query(client, a
     params = SAME_SEED_PARAMS[attack]
     ids = []
     for _ in range(2):  # at once: TorchServe may merge their requests, which must not change an answer
-        response = submit(client, body, attack=attack, model=MODEL, max_queries=100, params=json.dumps(params))
+        response = submit(client, body, attack=attack, model=MODEL, max_queries=100,
+                          params=json.dumps(params))
         assert response.status_code == 202, response.text
         ids.append(response.json()["id"])
     for job_id in ids:
@@ -199,7 +200,8 @@ def test_the_in_process_benchmark_path_makes_the_queries_the_service_makes(clien
                       params=json.dumps(params))
     assert response.status_code == 202, response.text
     job = wait_for(client, response.json()["id"])
-    served = np.load(io.BytesIO(client.get(f"/jobs/{job['id']}/adversarial", params={"format": "npy"}).content))
+    served = np.load(io.BytesIO(client.get(f"/jobs/{job['id']}/adversarial",
+                                           params={"format": "npy"}).content))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # TorchServe's backend worker runs 2 threads on this machine
     try:

@@ -85,7 +85,8 @@ def test_the_sign_test_of_a_claim():
 def test_the_plot_draws_every_run_of_a_results_file(tmp_path):
     rows = [_row(True, 300, 2.0, True, goal="untargeted"), _row(False, 30_000, 12.0, False),
             {**_row(True, 900, 5.0, None, within_map_bound=None), "attack": "vbad", "goal": "untargeted"},
-            {**_row(False, 30_000, 5.0, None, within_map_bound=None, linf=30), "attack": "astfocus:agents=none"}]
+            {**_row(False, 30_000, 5.0, None, within_map_bound=None, linf=30),
+             "attack": "astfocus:agents=none"}]
     results, figure = tmp_path / "attacks.jsonl", tmp_path / "grid.png"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     _bench().plot(argparse.Namespace(results=results, figure=figure))
@@ -119,7 +120,8 @@ def test_runs_lists_each_run_of_one_clip_and_goal(tmp_path, capsys):
 
 def test_cost_prints_what_a_score_based_run_that_spends_its_whole_budget_costs(tmp_path, capsys):
     results = tmp_path / "attacks.jsonl"
-    spent = [_row(False, 30_000, 6.0, None, attack="vbad", memory_kept=True, cpu_seconds=s) for s in (200.0, 400.0)]
+    spent = [_row(False, 30_000, 6.0, None, attack="vbad", memory_kept=True, cpu_seconds=s)
+             for s in (200.0, 400.0)]
     rows = [*spent,
             _row(False, 30_000, 6.0, None, attack="vbad", cpu_seconds=900.0),  # older allocator: apart
             _row(True, 2_000, 6.0, None, attack="vbad", memory_kept=True, cpu_seconds=50.0),  # stopped early
@@ -127,8 +129,10 @@ def test_cost_prints_what_a_score_based_run_that_spends_its_whole_budget_costs(t
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     _bench().cost(argparse.Namespace(results=results))
     out = capsys.readouterr().out
-    assert "targeted score-based runs that spent the whole budget (freed memory kept): 2, 200-400 CPU s (mean 300)" in out
-    assert "targeted score-based runs that spent the whole budget (glibc's defaults): 1, 900-900 CPU s (mean 900)" in out
+    assert ("targeted score-based runs that spent the whole budget (freed memory kept): 2, 200-400 CPU s "
+            "(mean 300)" in out)
+    assert ("targeted score-based runs that spent the whole budget (glibc's defaults): 1, 900-900 CPU s "
+            "(mean 900)" in out)
     assert "untargeted score-based" not in out
 
 

@@ -49,7 +49,8 @@ def test_the_report_equals_what_its_jobs_rows_say(client, finished):
         row = rows[attack]
         assert row["clips"] == row["finished"] == 3
         assert row["fooling_rate"] == pytest.approx(len(wins) / 3)
-        assert row["queries_mean_all"] == pytest.approx(statistics.fmean(j["progress"]["queries_used"] for j in jobs))
+        assert row["queries_mean_all"] == pytest.approx(
+            statistics.fmean(j["progress"]["queries_used"] for j in jobs))
         assert row["map"] == pytest.approx(statistics.fmean(j["metrics"]["map"] for j in jobs))
         assert row["linf"] == pytest.approx(statistics.fmean(j["metrics"]["linf"] for j in jobs))
         if wins:
@@ -93,7 +94,8 @@ def test_a_campaign_on_uploaded_clips_gives_each_attack_the_same_clips(client):
     from tests.conftest import SAMPLE_MKV, SAMPLE_NPY, audit_rows
 
     spec = {"model": MODEL, "attacks": ATTACKS, "max_queries": 40}
-    files = [("video", ("sample.npy", SAMPLE_NPY.read_bytes())), ("video", ("sample.mkv", SAMPLE_MKV.read_bytes()))]
+    files = [("video", ("sample.npy", SAMPLE_NPY.read_bytes())),
+             ("video", ("sample.mkv", SAMPLE_MKV.read_bytes()))]
     response = client.post("/campaigns/upload", data={"spec": json.dumps(spec)}, files=files)
     assert response.status_code == 202, response.text
     campaign = wait_campaign(client, response.json()["id"])
@@ -106,6 +108,7 @@ def test_a_campaign_on_uploaded_clips_gives_each_attack_the_same_clips(client):
 
 
 def test_an_upload_campaign_without_clips_is_refused(client):
-    response = client.post("/campaigns/upload", data={"spec": json.dumps({"attacks": ATTACKS, "max_queries": 40})},
+    response = client.post("/campaigns/upload",
+                           data={"spec": json.dumps({"attacks": ATTACKS, "max_queries": 40})},
                            files={"other": ("x.txt", b"x")})
     assert response.status_code == 422

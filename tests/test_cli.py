@@ -96,7 +96,8 @@ def job(status: str = "queued", used: int = 1, budget: int = 60, **extra: Any) -
         "id": JOB_ID, "kind": "attack", "status": status, "attack": "nes_pgd", "model": "mini_c3d",
         "goal": "untargeted", "target_label": None, "source_label": 3, "source_label_name": "wave",
         "source_probability": 0.91, "params": {"epsilon": 0.05},
-        "progress": {"queries_used": used, "max_queries": budget, "fraction": used / budget, "best_score": -0.2},
+        "progress": {"queries_used": used, "max_queries": budget, "fraction": used / budget,
+                     "best_score": -0.2},
         "metrics": None, "error": None, "created_at": "2025-01-02T03:04:05.123456Z", "started_at": None,
         "finished_at": None,
         "links": {"self": f"/jobs/{JOB_ID}", "adversarial_npy": None, "adversarial_mkv": None,
@@ -107,7 +108,8 @@ def job(status: str = "queued", used: int = 1, budget: int = 60, **extra: Any) -
 
 
 FINISHED_METRICS = {"success": False, "map": 1.234, "linf": 12, "sparsity": 0.05, "queries": 60,
-                    "final_label": 3, "final_label_name": "wave", "final_probability": 0.6, "wall_time_s": 4.2}
+                    "final_label": 3, "final_label_name": "wave", "final_probability": 0.6,
+                    "wall_time_s": 4.2}
 
 
 def campaign(status: str = "queued", finished: int = 0, jobs: int = 2) -> dict[str, Any]:
@@ -117,7 +119,8 @@ def campaign(status: str = "queued", finished: int = 0, jobs: int = 2) -> dict[s
         "clips": {"set": "attack_set", "per_class": 1},
         "progress": {"jobs": jobs, "finished": finished, "succeeded": 1, "queries_used": 50 * finished,
                      "max_queries": 100 * jobs},
-        "jobs": [{"id": "j1", "attack": "nes_pgd", "clip_index": 0, "target_label": None, "status": "succeeded"},
+        "jobs": [{"id": "j1", "attack": "nes_pgd", "clip_index": 0, "target_label": None,
+                  "status": "succeeded"},
                  {"id": "j2", "attack": "opt", "clip_index": 0, "target_label": None, "status": "running"}],
         "links": {"self": "/campaigns/camp42", "report": "/campaigns/camp42/report"},
     }
@@ -188,7 +191,8 @@ def _all_commands() -> list[list[str]]:
               "campaign": ["create", "status", "wait", "cancel", "list", "report"]}
     singles = ["health", "attacks", "models", "submit", "status", "wait", "cancel", "download", "queries",
                "jobs", "report"]
-    return [[]] + [[c] for c in singles] + [[g] for g in groups] + [[g, c] for g, cs in groups.items() for c in cs]
+    return ([[]] + [[c] for c in singles] + [[g] for g in groups]
+            + [[g, c] for g, cs in groups.items() for c in cs])
 
 
 @pytest.mark.parametrize("command", _all_commands(), ids=lambda c: " ".join(c) or "vaas")
@@ -220,7 +224,8 @@ ATTACKS = [
     {"name": "opt", "description": "OPT boundary attack.", "parameters": {"properties": {}}},
 ]
 MODELS = [{"name": "mini_c3d", "labels": ["wave", "clap", "jump"], "max_clips": 64,
-           "input": {"frames": 16, "height": 112, "width": 112, "channels": 3, "dtype": "uint8", "layout": "THWC"}}]
+           "input": {"frames": 16, "height": 112, "width": 112, "channels": 3, "dtype": "uint8",
+                     "layout": "THWC"}}]
 
 
 def test_attacks_table_and_json(fake, capsys):
@@ -361,7 +366,8 @@ def test_wait_timeout_is_exit_1(fake, capsys):
 
 def test_wait_retries_transient_failures(fake, capsys, monkeypatch):
     monkeypatch.setattr("client.cli.time.sleep", lambda _s: None)
-    fake.on("GET", f"/jobs/{JOB_ID}", lambda r: httpx.Response(503, json={"detail": "the database is unreachable"}),
+    fake.on("GET", f"/jobs/{JOB_ID}",
+            lambda r: httpx.Response(503, json={"detail": "the database is unreachable"}),
             job("succeeded", 9))
     assert run(fake, "wait", JOB_ID) == 0
     assert "retrying" in capsys.readouterr().err
@@ -447,7 +453,8 @@ def test_queries_page_as_table_and_json(fake, capsys):
 def test_queries_csv_and_jsonl_stream_the_whole_log(fake, tmp_path, capsysbinary):
     csv_body = b"seq,batch_id\n0,0\n1,1\n"
     fake.on("GET", f"/jobs/{JOB_ID}/queries",
-            lambda r: httpx.Response(200, content=csv_body if r.url.params["format"] == "csv" else b'{"seq":0}\n'))
+            lambda r: httpx.Response(
+                200, content=csv_body if r.url.params["format"] == "csv" else b'{"seq":0}\n'))
     assert run(fake, "queries", JOB_ID, "--format", "csv", "-o", str(tmp_path / "q.csv")) == 0
     assert dict(fake.last.url.params) == {"format": "csv"}
     assert (tmp_path / "q.csv").read_bytes() == csv_body
@@ -457,7 +464,8 @@ def test_queries_csv_and_jsonl_stream_the_whole_log(fake, tmp_path, capsysbinary
 
 
 def test_jobs_list_with_filters(fake, capsys):
-    page = {"items": [job("running", 10), job("succeeded", 60, id="other")], "total": 7, "limit": 2, "offset": 0}
+    page = {"items": [job("running", 10), job("succeeded", 60, id="other")], "total": 7, "limit": 2,
+            "offset": 0}
     fake.on("GET", "/jobs", page)
     assert run(fake, "jobs", "--status", "running", "--limit", "2") == 0
     assert dict(fake.last.url.params) == {"status": "running", "limit": "2"}
@@ -471,11 +479,14 @@ def test_jobs_list_with_filters(fake, capsys):
 
 # ====================================================================================== policies
 def policy(status: str = "queued") -> dict[str, Any]:
-    return {"id": "pol1", "model": "mini_c3d", "goal": "untargeted", "status": status, "params": {"iterations": 2},
+    return {"id": "pol1", "model": "mini_c3d", "goal": "untargeted", "status": status,
+            "params": {"iterations": 2},
             "progress": {"queries_used": 0, "max_queries": 900, "fraction": 0.0, "best_score": None},
-            "report": {"iterations": 2, "mean_reward": [0.1, 0.4], "queries": 880} if status == "succeeded" else None,
+            "report": ({"iterations": 2, "mean_reward": [0.1, 0.4], "queries": 880}
+                       if status == "succeeded" else None),
             "error": None, "created_at": "2025-01-02T03:04:05Z", "started_at": None, "finished_at": None,
-            "links": {"self": "/policies/pol1", "weights": "/policies/pol1/weights" if status == "succeeded" else None,
+            "links": {"self": "/policies/pol1",
+                      "weights": "/policies/pol1/weights" if status == "succeeded" else None,
                       "queries": "/jobs/pol1/queries"}}
 
 
@@ -494,8 +505,8 @@ def test_policy_list_status_download(fake, tmp_path, monkeypatch, capsys):
     fake.on("GET", "/policies", {"items": [policy("succeeded")], "total": 1, "limit": 50, "offset": 0})
     assert run(fake, "policy", "list", "--model", "mini_c3d") == 0
     assert dict(fake.last.url.params) == {"model": "mini_c3d"}
-    assert capsys.readouterr().out.splitlines()[1].split()[:6] == ["pol1", "succeeded", "mini_c3d", "untargeted",
-                                                                    "0/900", "yes"]
+    assert capsys.readouterr().out.splitlines()[1].split()[:6] == ["pol1", "succeeded", "mini_c3d",
+                                                                    "untargeted", "0/900", "yes"]
     fake.on("GET", "/policies/pol1", policy("succeeded"))
     assert run(fake, "policy", "status", "pol1") == 0
     out = capsys.readouterr().out
@@ -522,8 +533,8 @@ def test_campaign_create_sends_the_contract_body(fake, capsys):
 
 def test_campaign_create_clip_options(fake):
     fake.on("POST", "/campaigns", campaign(), status=202)
-    assert run(fake, "campaign", "create", "--attack", "nes_pgd", "--max-queries", "100", "--set", "attack_set",
-               "--per-class", "1", "--limit-clips", "3") == 0
+    assert run(fake, "campaign", "create", "--attack", "nes_pgd", "--max-queries", "100", "--set",
+               "attack_set", "--per-class", "1", "--limit-clips", "3") == 0
     body = json.loads(fake.last.content)
     assert body["clips"] == {"set": "attack_set", "per_class": 1, "limit": 3}
     assert "model" not in body  # the server's default model
@@ -545,7 +556,8 @@ def test_campaign_targeted_rules(fake, rule, expected):
 
 @pytest.mark.parametrize("extra, message", [
     (["--attack", "nes_pgd", "--target-rule", "next"], "--target-rule is only used with --goal targeted"),
-    (["--attack", "nes_pgd:{bad", "--goal", "untargeted"], "the params of --attack nes_pgd is not valid JSON"),
+    (["--attack", "nes_pgd:{bad", "--goal", "untargeted"],
+     "the params of --attack nes_pgd is not valid JSON"),
     (["--attack", ":{}"], "missing the attack name"),
     (["--attack", "x", "--goal", "targeted", "--target-rule", "fixed:a"], "--target-rule must be"),
 ])
@@ -569,8 +581,8 @@ def test_campaign_status_list_cancel(fake, capsys):
     assert any(line.split() == ["j2", "opt", "0", "running"] for line in out.splitlines())
     fake.on("GET", "/campaigns", {"items": [campaign("running", 1)], "total": 1, "limit": 50, "offset": 0})
     assert run(fake, "campaign", "list") == 0
-    assert capsys.readouterr().out.splitlines()[1].split()[:7] == ["camp42", "running", "mini_c3d", "untargeted",
-                                                                    "nes_pgd,opt", "1/2", "1"]
+    assert capsys.readouterr().out.splitlines()[1].split()[:7] == ["camp42", "running", "mini_c3d",
+                                                                    "untargeted", "nes_pgd,opt", "1/2", "1"]
     fake.on("DELETE", "/campaigns/camp42", campaign("cancelled", 1), status=202)
     assert run(fake, "campaign", "cancel", "camp42") == 0
     assert fake.last.method == "DELETE"
@@ -596,7 +608,8 @@ def test_campaign_create_wait(fake, capsys):
 
 # The shape of api/reports.py: per-attack rows under "attacks" (clips = that attack's jobs).
 REPORT = {
-    "campaign": "camp42", "model": "mini_c3d", "goal": "targeted", "target_rule": {"kind": "fixed", "label": 2},
+    "campaign": "camp42", "model": "mini_c3d", "goal": "targeted",
+    "target_rule": {"kind": "fixed", "label": 2},
     "max_queries": 2000, "complete": False, "jobs": 20, "finished": 19,
     "attacks": [
         {"attack": "nes_pgd", "clips": 10, "finished": 10, "successes": 7, "fooling_rate": 0.7,
@@ -617,11 +630,13 @@ def test_report_json_is_a_table_per_attack(fake, capsys):
     assert run(fake, "report", "camp42") == 0
     assert dict(fake.last.url.params) == {"format": "json"}
     out = capsys.readouterr().out
-    assert "target rule fixed:2" in out and "19/20 ended (in progress)" in out and "2000 queries per job" in out
+    assert ("target rule fixed:2" in out and "19/20 ended (in progress)" in out
+            and "2000 queries per job" in out)
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("ATTACK"))
     assert "FR" in lines[header] and "SPARSITY" in lines[header]
-    assert lines[header + 1].split() == ["nes_pgd", "10", "70.0%", "1234.5", "1100", "1500.2", "1.234", "12", "0.01"]
+    assert lines[header + 1].split() == ["nes_pgd", "10", "70.0%", "1234.5", "1100", "1500.2", "1.234", "12",
+                                         "0.01"]
     assert lines[header + 2].split() == ["opt", "9/10", "0.0%", "-", "-", "2000", "0.5", "40", "0.9"]
     assert run(fake, "campaign", "report", "camp42", "--json") == 0
     assert json.loads(capsys.readouterr().out) == REPORT
@@ -629,7 +644,8 @@ def test_report_json_is_a_table_per_attack(fake, capsys):
 
 def test_report_reads_nested_and_keyed_shapes(fake, capsys):
     nested = {"by_attack": {"sign_opt": {"jobs": 4, "succeeded": 1,
-                                         "queries": {"successes": {"mean": 300, "median": 310}, "all": {"mean": 800}},
+                                         "queries": {"successes": {"mean": 300, "median": 310},
+                                                     "all": {"mean": 800}},
                                          "map": 0.25, "linf": 30, "sparsity": 0.5}}}
     fake.on("GET", "/campaigns/c/report", nested)
     assert run(fake, "report", "c") == 0
@@ -657,7 +673,8 @@ def test_client_raises_vaas_error_with_status_and_detail():
 
 def test_client_refuses_ids_that_leave_their_route():
     transport = httpx.MockTransport(lambda r: httpx.Response(200, json={}))
-    with VaasClient("http://x", "k", transport=transport) as vaas, pytest.raises(VaasError, match="invalid id"):
+    with (VaasClient("http://x", "k", transport=transport) as vaas,
+          pytest.raises(VaasError, match="invalid id")):
         vaas.get_job("../attacks")
 
 

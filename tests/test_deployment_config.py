@@ -139,8 +139,10 @@ def _run_entrypoint(service: str, key_file: Path, *command: str) -> subprocess.C
 @pytest.mark.parametrize("service", ["api", "worker"])
 def test_the_entrypoint_hands_each_oracle_token_to_the_settings(service: str, tmp_path: Path):
     key_file = tmp_path / KEY_FILE  # the shape TorchServe 0.12 writes
-    key_file.write_text(json.dumps({"management": {"key": "mgmtKEY1", "expiration time": "2027-01-01T00:00:00Z"},
-                                    "inference": {"key": "inferKEY", "expiration time": "2027-01-01T00:00:00Z"},
+    key_file.write_text(json.dumps({"management": {"key": "mgmtKEY1",
+                                                   "expiration time": "2027-01-01T00:00:00Z"},
+                                    "inference": {"key": "inferKEY",
+                                                  "expiration time": "2027-01-01T00:00:00Z"},
                                     "API": {"key": "tokenAPI"}}))
     show = ("from core.settings import Settings; s = Settings(); "
             "print(s.oracle_token, s.oracle_management_token)")

@@ -46,7 +46,8 @@ class Faults:
 
 
 def _fresh_database() -> None:
-    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+                          isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
     admin.dispose()
@@ -231,7 +232,8 @@ def test_redis_restart_mid_job_loses_no_job(faults: Faults, http) -> None:
     assert refused.status_code == 503 and "broker" in refused.json()["detail"], refused.text
     assert polled.status_code == 200  # reads need only the database
     for state in (first, second):
-        assert state["status"] in ("succeeded", "budget_exhausted", "failed") and state["attempts"] == 1, state
+        assert (state["status"] in ("succeeded", "budget_exhausted", "failed")
+                and state["attempts"] == 1), state
         assert_budget_kept(state)
     assert "re-published" in faults.stack.log("w-redis")
     record("Redis restarted (queue lost) mid-job: the running job", first)
@@ -263,7 +265,8 @@ def test_postgres_unreachable_for_a_while(faults: Faults, http) -> None:
 
 
 def test_a_job_longer_than_the_visibility_timeout_runs_once(faults: Faults, http) -> None:
-    faults.stack.start_worker("w-visibility", concurrency=2, extra_env={"VAAS_BROKER_VISIBILITY_TIMEOUT_S": "3"})
+    faults.stack.start_worker("w-visibility", concurrency=2,
+                              extra_env={"VAAS_BROKER_VISIBILITY_TIMEOUT_S": "3"})
     try:
         job_id = submit(http, max_queries=500)
         state = wait_job(faults, job_id, ended)

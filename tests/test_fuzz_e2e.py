@@ -187,9 +187,11 @@ def test_a_file_name_with_control_characters_is_stored_cleaned(http: httpx.Clien
     """A NUL in a multipart file name once reached Postgres (500); the name is only informational."""
     boundary = "vaas-fuzz"
     body = (f'--{boundary}\r\nContent-Disposition: form-data; name="max_queries"\r\n\r\n50\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="video"; filename="clip\x00\x07.npy"\r\n\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="video"; '
+            'filename="clip\x00\x07.npy"\r\n\r\n'
             ).encode() + SAMPLE_NPY.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-    response = http.post("/jobs", content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    response = http.post("/jobs", content=body,
+                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert response.status_code == 202, response.text
     http.delete(f"/jobs/{response.json()['id']}")
     from db.models import Job

@@ -159,9 +159,12 @@ def test_a_hostile_campaign_upload_is_refused_whole_even_beside_a_valid_clip(
         assert response.status_code == 422
 
 
-def test_the_service_still_accepts_a_valid_clip_after_the_corpus(http: httpx.Client, hostile_key: str) -> None:
+def test_the_service_still_accepts_a_valid_clip_after_the_corpus(
+    http: httpx.Client, hostile_key: str
+) -> None:
     """The refusals left the API, the decoder and the oracle in working order."""
-    response = http.post("/jobs", files={"video": ("sample_clip.npy", SAMPLE_NPY.read_bytes())}, data=JOB_FORM)
+    response = http.post("/jobs", files={"video": ("sample_clip.npy", SAMPLE_NPY.read_bytes())},
+                         data=JOB_FORM)
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
     assert http.delete(f"/jobs/{job_id}").status_code in (202, 409)  # cancel: this test needs no attack run

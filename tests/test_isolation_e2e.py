@@ -48,11 +48,12 @@ class RouteCall:
 def resource_routes() -> list[RouteCall]:
     """Every (path, method) of the app whose path takes a parameter (static files excepted)."""
     app = create_app()
-    contexts = (fastapi_routing.iter_route_contexts(app.routes) if hasattr(fastapi_routing, "iter_route_contexts")
-                else app.routes)
+    contexts = (fastapi_routing.iter_route_contexts(app.routes)
+                if hasattr(fastapi_routing, "iter_route_contexts") else app.routes)
     calls = []
     for route in contexts:
-        path, methods, endpoint = route.path, getattr(route, "methods", None), getattr(route, "endpoint", None)
+        path, methods, endpoint = (route.path, getattr(route, "methods", None),
+                                   getattr(route, "endpoint", None))
         if methods and endpoint and "{" in path:
             calls += [RouteCall(path, method, endpoint) for method in sorted(methods)]
     return calls
@@ -135,7 +136,8 @@ def owner(api: str, make_key: Callable[[str], str]) -> Iterator[Owner]:
         live = submit(http, SAMPLE_NPY.read_bytes(), model=MODEL, max_queries=100_000, params=HOPELESS)
         assert live.status_code == 202, live.text
         wait_for(http, live.json()["id"], until=lambda job: job["status"] == "running", timeout_s=120)
-        yield Owner(key, http, ended.json()["id"], campaign.json()["id"], campaign_job, policy, live.json()["id"])
+        yield Owner(key, http, ended.json()["id"], campaign.json()["id"], campaign_job, policy,
+                    live.json()["id"])
         http.delete(f"/jobs/{live.json()['id']}")
 
 
@@ -153,7 +155,8 @@ def snapshot(owner: Owner) -> dict:
             jobs[job.id] = (job.status if ended else "active", job.cancel_requested,
                             job.queries_used if ended else None, job.finished_at)
         campaign = session.get(Campaign, owner.campaign)
-        ended_rows = {job_id: len(session.scalars(select(QueryRecord.id).where(QueryRecord.job_id == job_id)).all())
+        ended_rows = {job_id: len(session.scalars(select(QueryRecord.id)
+                                                  .where(QueryRecord.job_id == job_id)).all())
                       for job_id, state in jobs.items() if state[0] != "active"}
         artifacts = sorted(session.scalars(select(Artifact.path).where(Artifact.job_id.in_(owner.all_ids))))
     return {"jobs": jobs, "campaign": (campaign.id, campaign.api_key_id), "audit_rows": ended_rows,
@@ -199,7 +202,8 @@ def test_every_resource_route_answers_404_to_another_key(api: str, owner: Owner,
     for route in routes:
         for url in calls_for(route, owner.ids_for):
             response = send(api, intruder_key, route, url)
-            assert says_not_yours(response), f"B {route.method} {url}: {response.status_code} {response.text[:300]}"
+            assert says_not_yours(response), (f"B {route.method} {url}: {response.status_code} "
+                                               f"{response.text[:300]}")
             exercised.add((route.path, route.method))
     assert exercised == {(r.path, r.method) for r in routes}
     assert snapshot(owner) == before  # B's DELETEs cancelled nothing, its GETs changed nothing
@@ -220,14 +224,15 @@ def test_the_same_calls_reach_the_owners_resources(api: str, owner: Owner) -> No
 
 def test_lists_and_filters_show_only_your_own(api: str, owner: Owner, intruder_key: str) -> None:
     with client_for(api, intruder_key) as http:
-        for url, params in (("/jobs", {}), ("/jobs", {"campaign_id": owner.campaign}), ("/jobs", {"kind": "pretrain"}),
-                            ("/jobs", {"status": "running"}), ("/campaigns", {}), ("/policies", {}),
-                            ("/policies", {"model": MODEL})):
+        for url, params in (("/jobs", {}), ("/jobs", {"campaign_id": owner.campaign}),
+                            ("/jobs", {"kind": "pretrain"}), ("/jobs", {"status": "running"}),
+                            ("/campaigns", {}), ("/policies", {}), ("/policies", {"model": MODEL})):
             page = http.get(url, params={**params, "limit": 500})
             assert page.status_code == 200, page.text
             assert page.json()["total"] == 0 and page.json()["items"] == [], (url, params)
     with browser_for(api, intruder_key) as browser:
-        for url in ("/ui/jobs", f"/ui/jobs?campaign={owner.campaign}", "/ui/jobs?kind=pretrain", "/ui/campaigns"):
+        for url in ("/ui/jobs", f"/ui/jobs?campaign={owner.campaign}", "/ui/jobs?kind=pretrain",
+                    "/ui/campaigns"):
             page = browser.get(url)
             assert page.status_code == 200, (url, page.status_code)
             # The page echoes its own filter back into the form; anything else of A's would be a leak.
@@ -246,7 +251,8 @@ def test_another_keys_policy_cannot_be_used(api: str, owner: Owner, intruder_key
         job = submit(http, SAMPLE_NPY.read_bytes(), attack="rlsb", model=MODEL, max_queries=100,
                      params=json.dumps({"policy": owner.policy}))
         campaign = http.post("/campaigns", json={
-            "model": MODEL, "max_queries": 100, "attacks": [{"name": "rlsb", "params": {"policy": owner.policy}}],
+            "model": MODEL, "max_queries": 100,
+            "attacks": [{"name": "rlsb", "params": {"policy": owner.policy}}],
             "clips": {"set": "attack_set", "per_class": 1, "limit": 1}})
     for response in (job, campaign):
         assert response.status_code == 404 and owner.policy in response.json()["detail"], response.text
@@ -280,11 +286,12 @@ def test_a_revoked_key_gets_401_on_the_api_and_sign_in_on_the_pages(
         refused = submit(http, SAMPLE_NPY.read_bytes(), model=MODEL, max_queries=30)
         assert refused.status_code == 401
     with browser_for(api, key) as browser:
-        for url in ("/ui/jobs", f"/ui/jobs/{owner.ended_job}", f"/ui/campaigns/{owner.campaign}", "/ui/submit"):
+        for url in ("/ui/jobs", f"/ui/jobs/{owner.ended_job}", f"/ui/campaigns/{owner.campaign}",
+                    "/ui/submit"):
             response = browser.get(url)
             assert response.status_code == 303, (url, response.status_code)
-            assert response.headers["location"].startswith("/ui/login?next=") and "revoked" in response.headers[
-                "location"], response.headers["location"]
+            assert (response.headers["location"].startswith("/ui/login?next=")
+                    and "revoked" in response.headers["location"]), response.headers["location"]
         signed_in = browser.post("/ui/login", data={"key": key, "next": "/ui/jobs"})
         assert signed_in.status_code == 401 and "revoked" in signed_in.text
     assert owner.http.get(f"/jobs/{owner.live_job}").json()["status"] == "running"

@@ -151,7 +151,8 @@ def test_a_bad_statement_is_not_mistaken_for_an_outage() -> None:
 
 
 def test_the_sweeper_republishes_only_jobs_without_a_live_task() -> None:
-    queued_waiting, queued_held, queued_lost, dead_runner, dead_runner_waiting = (f"{c * 32}" for c in "abcde")
+    queued_waiting, queued_held, queued_lost, dead_runner, dead_runner_waiting = (
+        f"{c * 32}" for c in "abcde")
     candidates = [(queued_waiting, "queued"), (queued_held, "queued"), (queued_lost, "queued"),
                   (dead_runner, "running"), (dead_runner_waiting, "running")]
     messages = ([f'{{"argsrepr": "[\'{queued_waiting}\']"}}', f"[{dead_runner_waiting}]"],
@@ -167,7 +168,8 @@ def test_a_checkpoint_keeps_the_clip_with_the_score_it_earned(tmp_path: Path) ->
     saver = runner.Checkpointer("job", settings)
     saver.save(Best(clip=clip, score=0.75, success=True, distance=3.5))
     loaded = runner.Checkpointer("job", settings).load()
-    assert np.array_equal(loaded.clip, clip) and loaded.score == 0.75 and loaded.success and loaded.distance == 3.5
+    assert (np.array_equal(loaded.clip, clip) and loaded.score == 0.75 and loaded.success
+            and loaded.distance == 3.5)
     saver.save(Best(clip=clip, score=-0.2, success=False))
     assert runner.Checkpointer("job", settings).load().distance is None
     assert not list(tmp_path.rglob("*.tmp.npz"))

@@ -88,7 +88,8 @@ def stored(tenant: Tenant, known_jobs: frozenset[str] | None = None) -> Stored:
         known_jobs = jobs if known_jobs is None else known_jobs
         campaigns = session.scalar(select(func.count()).select_from(Campaign)
                                    .where(Campaign.api_key_id == tenant.key_id))
-        others = session.scalar(select(func.count()).select_from(QueryRecord).join(Job, QueryRecord.job_id == Job.id)
+        others = session.scalar(select(func.count()).select_from(QueryRecord)
+                                .join(Job, QueryRecord.job_id == Job.id)
                                 .where(Job.api_key_id == tenant.key_id, Job.id.not_in(known_jobs)))
     uploads = frozenset(p.name for p in upload_dir.iterdir()) if upload_dir.exists() else frozenset()
     return Stored(jobs, campaigns, others, uploads)
@@ -123,16 +124,18 @@ def post_uploaded_campaign(tenant: Tenant, max_queries: int = 30) -> httpx.Respo
 
 
 def post_policy(tenant: Tenant, max_queries: int = 40) -> httpx.Response:
-    return tenant.http.post("/policies", json={"model": MODEL, "goal": "untargeted", "max_queries": max_queries})
+    return tenant.http.post("/policies",
+                            json={"model": MODEL, "goal": "untargeted", "max_queries": max_queries})
 
 
 def post_page_form(api: str, tenant: Tenant) -> httpx.Response:
     """The submit page, as a browser signed in with the key sends it."""
     with httpx.Client(base_url=api, cookies={"vaas_key": tenant.key}, timeout=120) as browser:
         return browser.post("/ui/jobs", headers={"accept": "text/html"},
-                            data={"model": MODEL, "attack": "nes_pgd", "goal": "untargeted", "max_queries": "30",
-                                  "params": "{}"},
-                            files={"video": ("clip.npy", SAMPLE_NPY.read_bytes(), "application/octet-stream")})
+                            data={"model": MODEL, "attack": "nes_pgd", "goal": "untargeted",
+                                  "max_queries": "30", "params": "{}"},
+                            files={"video": ("clip.npy", SAMPLE_NPY.read_bytes(),
+                                             "application/octet-stream")})
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -190,7 +193,8 @@ def test_query_quota_refuses_with_403_and_an_operator_lifts_it(tenant: Tenant) -
     words = ("query quota exceeded", "100 queries in all", f"python -m api.keys limits {tenant.prefix}")
     assert_refused_stored_nothing(tenant, lambda: post_job(tenant, max_queries=101), 403, *words)
     assert_refused_stored_nothing(tenant, lambda: post_campaign(tenant, max_queries=101), 403, *words)
-    assert_refused_stored_nothing(tenant, lambda: post_uploaded_campaign(tenant, max_queries=101), 403, *words)
+    assert_refused_stored_nothing(tenant, lambda: post_uploaded_campaign(tenant, max_queries=101), 403,
+                                  *words)
     assert_refused_stored_nothing(tenant, lambda: post_policy(tenant, max_queries=101), 403, *words)
     assert stored(tenant).jobs == frozenset()
 

@@ -99,7 +99,8 @@ def test_a_finished_jobs_page_shows_its_frames_and_the_apis_numbers(page, http, 
         assert cell.inner_text() == number(finished_job["metrics"][key]), key
 
     # The key frames and bars are the frames the downloaded clip actually changes.
-    adversarial = np.load(io.BytesIO(http.get(f"/jobs/{job_id}/adversarial?format=npy").content), allow_pickle=False)
+    adversarial = np.load(io.BytesIO(http.get(f"/jobs/{job_id}/adversarial?format=npy").content),
+                          allow_pickle=False)
     changed = np.flatnonzero((adversarial != np.load(SAMPLE_NPY)).reshape(len(adversarial), -1).any(axis=1))
     assert page.inner_text("[data-field=key_frames]") == ", ".join(map(str, changed))
     bars = page.eval_on_selector_all(".frame-bar", "bars => bars.map(b => Number(b.dataset.value))")
@@ -121,7 +122,8 @@ def test_a_finished_jobs_page_shows_its_frames_and_the_apis_numbers(page, http, 
     api_rows = http.get(f"/jobs/{job_id}/queries", params={"limit": 50, "offset": 50}).json()["items"]
     page.click("[data-testid=log-next]")
     page.wait_for_url("**log_offset=50**")
-    seqs = page.eval_on_selector_all("[data-testid=audit] tbody tr", "rows => rows.map(r => Number(r.dataset.seq))")
+    seqs = page.eval_on_selector_all("[data-testid=audit] tbody tr",
+                                     "rows => rows.map(r => Number(r.dataset.seq))")
     probabilities = page.eval_on_selector_all("[data-testid=audit] tbody tr td[data-value]",
                                               "cells => cells.map(c => Number(c.dataset.value))")
     assert seqs == [row["seq"] for row in api_rows]
@@ -144,7 +146,8 @@ def test_the_jobs_list_filters_like_the_api(page, http, finished_job) -> None:
 def test_a_campaigns_page_shows_its_report_and_plots(page, http) -> None:
     body = {"model": "mini_c3d", "attacks": [{"name": "nes_pgd", "params": {}},
                                              {"name": "opt", "params": {"initial_directions": 3}}],
-            "goal": "untargeted", "max_queries": 60, "clips": {"set": "attack_set", "per_class": 1, "limit": 2}}
+            "goal": "untargeted", "max_queries": 60,
+            "clips": {"set": "attack_set", "per_class": 1, "limit": 2}}
     response = http.post("/campaigns", json=body)
     assert response.status_code == 202, response.text
     campaign_id = response.json()["id"]
@@ -190,9 +193,11 @@ def test_a_job_submitted_through_the_form_runs_while_the_page_follows_it(page, h
         page.wait_for_timeout(300)
     job = http.get(f"/jobs/{job_id}").json()
     assert http.get("/jobs").json()["total"] == before + 1
-    assert job["params"]["epsilon"] == 0.06 and job["params"]["seed"] == 3 and job["progress"]["max_queries"] == 400
+    assert (job["params"]["epsilon"] == 0.06 and job["params"]["seed"] == 3
+            and job["progress"]["max_queries"] == 400)
     assert page.inner_text("[data-testid=status]") == job["status"].replace("_", " ")
-    assert int(page.get_attribute("#progress [data-field=queries_used]", "data-value")) == job["progress"]["queries_used"]
+    assert (int(page.get_attribute("#progress [data-field=queries_used]", "data-value"))
+            == job["progress"]["queries_used"])
     assert images_loaded(page) == []
     shot(page, "submitted-job")
 
@@ -202,7 +207,8 @@ def test_a_refused_form_says_why_and_stores_nothing(page, http) -> None:
     page.goto("/ui/submit")
     page.set_input_files("input[name=video]", str(SAMPLE_NPY))
     page.fill(".params[data-attack=nes_pgd] [data-param=epsilon]", "7")  # above the schema's maximum
-    page.evaluate("document.querySelector('.params[data-attack=nes_pgd] [data-param=epsilon]').removeAttribute('max')")
+    page.evaluate("document.querySelector('.params[data-attack=nes_pgd] [data-param=epsilon]')"
+                  ".removeAttribute('max')")
     page.click("#submit-form button[type=submit]")
     page.wait_for_selector("[data-testid=error]")
     assert "epsilon" in page.inner_text("[data-testid=error]")

@@ -72,7 +72,8 @@ def test_rlsb_job_uses_the_latest_policy_and_reports_pretraining_apart(client, p
     job = wait_for(client, response.json()["id"])
     assert job["status"] == "succeeded", job
     report = job["metrics"]["attack"]
-    assert report["policy_pretraining"] == {"policy": policy["id"], "queries": policy["progress"]["queries_used"],
+    assert report["policy_pretraining"] == {"policy": policy["id"],
+                                            "queries": policy["progress"]["queries_used"],
                                             "seconds": policy["report"]["seconds"]}
     assert len(audit_rows(job["id"])) == job["progress"]["queries_used"] <= 800
     assert report["key_frames"]

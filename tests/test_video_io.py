@@ -1,4 +1,5 @@
-"""Lossless round trips, decoding of common containers and refusal of hostile input (pure logic, no services)."""
+"""Lossless round trips, decoding of common containers and refusal of hostile input (pure logic, no
+services)."""
 from __future__ import annotations
 
 import io
@@ -60,7 +61,8 @@ def test_every_hostile_video_is_refused_with_its_reason(name):
     assert case.expect in str(refused.value)
 
 
-@pytest.mark.parametrize("name", ["huge-resolution", "100k-frames-mp4", "4k-bomb-mp4", "100k-frames-mkv", "4k-bomb-mkv"])
+@pytest.mark.parametrize("name", ["huge-resolution", "100k-frames-mp4", "4k-bomb-mp4", "100k-frames-mkv",
+                                  "4k-bomb-mkv"])
 def test_what_the_container_declares_is_refused_before_any_frame_is_decoded(name, monkeypatch):
     """MP4 declares resolution and frame count; Matroska's packets are counted without decoding them."""
     def must_not_decode(*args, **kwargs):
@@ -81,7 +83,8 @@ def test_decoding_work_is_bounded_before_and_while_decoding(monkeypatch):
     monkeypatch.setattr(video, "_check_packets", lambda data, limits: None)
     with pytest.raises(VideoError, match="11 frames of 80×64 so far"):
         decode_video(mkv, 16, (112, 112), limits)
-    assert decode_video(mkv, 16, (112, 112), DecodeLimits(max_total_pixels=40 * 64 * 80)).shape == (16, 112, 112, 3)
+    assert decode_video(mkv, 16, (112, 112),
+                        DecodeLimits(max_total_pixels=40 * 64 * 80)).shape == (16, 112, 112, 3)
 
 
 def test_frame_limits_apply_to_each_decoded_frame(monkeypatch):

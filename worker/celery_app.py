@@ -42,7 +42,9 @@ def make_celery() -> Celery:
         task_ignore_result=True,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_hard_time_limit_s,
-        broker_transport_options=_transport_options(settings.broker_url, settings.broker_visibility_timeout_s),
+        broker_transport_options=_transport_options(
+            settings.broker_url, settings.broker_visibility_timeout_s
+        ),
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         accept_content=["json"],

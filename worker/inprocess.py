@@ -120,6 +120,7 @@ def run_local(
     label_met = goal.is_met(oracle.verify(tracker.best.clip)["label"])
     seconds = time.monotonic() - started
     return LocalResult(
-        success=job_succeeded(label_met, tracker.best), label_met=label_met, queries=oracle.used, seconds=seconds, clip=tracker.best.clip,
+        success=job_succeeded(label_met, tracker.best), label_met=label_met, queries=oracle.used,
+        seconds=seconds, clip=tracker.best.clip,
         metrics=perturbation_metrics(tracker.best.clip, clean), trace=ctx.trace, history=history,
     )

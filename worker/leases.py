@@ -103,7 +103,8 @@ class Heartbeat:
                     log.warning("job %s: lease taken over by another runner", self.job_id)
                     return
             except DATABASE_DOWN as exc:
-                log.warning("job %s: could not renew the lease (%s)", self.job_id, str(exc).splitlines()[0][:120])
+                log.warning("job %s: could not renew the lease (%s)", self.job_id,
+                            str(exc).splitlines()[0][:120])
 
 
 def renew(job_id: str, owner: str, lease_s: float) -> bool:

@@ -104,7 +104,9 @@ def summarize_outcomes(outcomes: list[dict]) -> dict:
     }
 
 
-def success_curve(outcomes: list[dict], budget: int, points: int = SUCCESS_CURVE_POINTS) -> list[tuple[int, float]]:
+def success_curve(
+    outcomes: list[dict], budget: int, points: int = SUCCESS_CURVE_POINTS
+) -> list[tuple[int, float]]:
     """Fraction of clips fooled within q queries, for q on a grid up to the budget (V-BAD's Fig. 4)."""
     if not outcomes:
         return []

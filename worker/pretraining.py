@@ -36,8 +36,9 @@ def run_pretraining(
     from worker.attacks.rlsb import PretrainParams, pretrain, save_policy
 
     http = OracleHTTP.from_settings(settings)
-    oracle = OracleClient(job.id, job.model, http, new_session, max_batch=settings.oracle_max_batch, held_back=0,
-                          owner=owner, db_patience_s=settings.db_retry_s, outage_s=settings.oracle_outage_s)
+    oracle = OracleClient(job.id, job.model, http, new_session, max_batch=settings.oracle_max_batch,
+                          held_back=0, owner=owner, db_patience_s=settings.db_retry_s,
+                          outage_s=settings.oracle_outage_s)
     started = time.monotonic()
     status, error, policy, report = JobStatus.error.value, None, None, None
     try:
@@ -56,7 +57,9 @@ def run_pretraining(
     except (LeaseLost, DatabaseDown):
         raise  # another runner has it, or the task is retried once the database is back
     except time_limit_exc:
-        error = "pre-training reached the worker's soft time limit; give it a smaller max_queries or iterations"
+        error = (
+            "pre-training reached the worker's soft time limit; give it a smaller max_queries or iterations"
+        )
     except Exception as exc:
         log.exception("pre-training job %s crashed", job.id)
         error = f"{type(exc).__name__}: {exc}"

@@ -59,7 +59,9 @@ def run_job(
     """
     settings = settings or get_settings()
     owner = new_owner()
-    claim = ride_out(lambda: _claim(job_id, owner, settings.job_lease_s), settings.db_retry_s, "claiming the job")
+    claim = ride_out(
+        lambda: _claim(job_id, owner, settings.job_lease_s), settings.db_retry_s, "claiming the job"
+    )
     if not isinstance(claim, Job):
         return claim
     job = claim
@@ -151,9 +153,13 @@ def _attach_policy(attack: object, job: Job, ctx: AttackContext) -> None:
 
     with session_scope() as session:
         source = session.get(Job, policy_id)
-        path = session.scalar(select(Artifact.path).where(Artifact.job_id == policy_id, Artifact.kind == "policy"))
+        path = session.scalar(
+            select(Artifact.path).where(Artifact.job_id == policy_id, Artifact.kind == "policy")
+        )
         if source is None or path is None:
-            raise ValueError(f"policy {policy_id} has no stored policy file; pre-train again (POST /policies)")
+            raise ValueError(
+                f"policy {policy_id} has no stored policy file; pre-train again (POST /policies)"
+            )
         ctx.trace["policy_pretraining"] = {"policy": policy_id, "queries": source.queries_used,
                                     "seconds": (source.metrics or {}).get("seconds")}
     attack.policy = load_policy(Path(path).read_bytes())
@@ -186,7 +192,8 @@ def _claim(job_id: str, owner: str, lease_s: float) -> Job | str:
 
 def _initial_tracker(job: Job, clean: np.ndarray, goal: Goal, checkpoints: Checkpointer) -> Tracker:
     clean_score = goal.score(
-        {"label": job.source_label, "label_name": job.source_label_name, "probability": job.source_probability}
+        {"label": job.source_label, "label_name": job.source_label_name,
+         "probability": job.source_probability}
     )
     best = checkpoints.load() or Best(clip=clean, score=clean_score, success=False)
     return Tracker(best=best, on_improve=checkpoints.on_improve)
@@ -341,11 +348,15 @@ def _upsert_artifact(session, job_id: str, kind: str, path: Path) -> None:
     data = path.read_bytes()
     existing = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind))
     artifact = existing or Artifact(job_id=job_id, kind=kind)
-    artifact.path, artifact.sha256, artifact.size_bytes = str(path), hashlib.sha256(data).hexdigest(), len(data)
+    artifact.path, artifact.sha256, artifact.size_bytes = (
+        str(path), hashlib.sha256(data).hexdigest(), len(data)
+    )
     session.add(artifact)
 
 
 def _artifact_path(job_id: str, kind: str) -> Path:
     with session_scope() as session:
-        return Path(session.scalar(select(Artifact.path).where(Artifact.job_id == job_id, Artifact.kind == kind)))
+        return Path(
+            session.scalar(select(Artifact.path).where(Artifact.job_id == job_id, Artifact.kind == kind))
+        )
 

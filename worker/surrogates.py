@@ -84,7 +84,9 @@ class _LiteImageModel(nn.Module):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+            )
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor, layer: Layer = "head") -> torch.Tensor:
@@ -139,7 +141,9 @@ class ImageEnsemble(nn.Module):
 class FrozenBackbone(nn.Module):
     """AstFocus's frozen lightweight backbone: EfficientNet-Lite0, stem + the first `stages` stages."""
 
-    def __init__(self, stages: int = 4, image_size: int = 112, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self, stages: int = 4, image_size: int = 112, device: str | torch.device | None = None
+    ) -> None:
         super().__init__()
         self.device = _device(device)
         self.model = _LiteImageModel("efficientnet_lite0", image_size)
@@ -202,7 +206,9 @@ class VideoSurrogate(nn.Module):
         return self.classifier(torch.cat([x.mean(dim=(2, 3, 4)), x.amax(dim=(2, 3, 4))], dim=1))
 
 
-def load_video_surrogate(device: str | torch.device | None = None, path: Path = VIDEO_SURROGATE) -> VideoSurrogate:
+def load_video_surrogate(
+    device: str | torch.device | None = None, path: Path = VIDEO_SURROGATE
+) -> VideoSurrogate:
     """The trained surrogate in eval mode, float32 (weights stored fp16); FileNotFoundError says how."""
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: run python -m worker.surrogates train-video")
@@ -266,7 +272,8 @@ def train_video(
         for start in bar:
             idx = np.sort(order[start : start + batch_size])
             x, y = victim_recipes.augment(
-                torch.from_numpy(clips[idx]).permute(0, 4, 1, 2, 3).float(), torch.from_numpy(labels[idx]), generator
+                torch.from_numpy(clips[idx]).permute(0, 4, 1, 2, 3).float(), torch.from_numpy(labels[idx]),
+                generator,
             )
             batch_loss = loss_fn(model(x.to(dev)), y.to(dev))
             optimizer.zero_grad(set_to_none=True)
@@ -331,8 +338,12 @@ if __name__ == "__main__":
 
 # What each victim in the zoo shares with the attacker's ImageNet image models (reports must say so).
 _LITE0_IN_VICTIM = {
-    "effnet_lite0_imagenet": "the same ImageNet EfficientNet-Lite0 weights (the victim averages it over frames)",
-    "tsm": "ImageNet EfficientNet-Lite0 weights (the victim fine-tunes a truncated Lite0 with temporal shift)",
+    "effnet_lite0_imagenet": (
+        "the same ImageNet EfficientNet-Lite0 weights (the victim averages it over frames)"
+    ),
+    "tsm": (
+        "ImageNet EfficientNet-Lite0 weights (the victim fine-tunes a truncated Lite0 with temporal shift)"
+    ),
     "lrcn": "ImageNet EfficientNet-Lite0 weights (the victim's frozen per-frame CNN is Lite0's first stages)",
 }
 

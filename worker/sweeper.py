@@ -108,7 +108,8 @@ def sweep(settings: Settings, publish: Callable[[str], None],
     for job_id in lost_jobs(candidates, broker_messages(settings.broker_url)):
         with session_scope() as session:
             taken = session.execute(
-                update(Job).where(Job.id == job_id, or_(Job.requeued_at.is_(None), Job.requeued_at < once_per))
+                update(Job)
+                .where(Job.id == job_id, or_(Job.requeued_at.is_(None), Job.requeued_at < once_per))
                 .values(requeued_at=now)
             ).rowcount
         if taken:
@@ -131,4 +132,6 @@ class Sweeper(threading.Thread):
             try:
                 sweep(self.settings, self.publish)
             except Exception as exc:
-                log.warning("sweep failed: %s", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+                log.warning(
+                    "sweep failed: %s", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                )

@@ -80,7 +80,8 @@ class CampaignOut(BaseModel):
         finished = [job for job in jobs if JobStatus(job.status).terminal]
         base = f"/campaigns/{campaign.id}"
         return cls(
-            id=campaign.id, model=campaign.model, status="finished" if len(finished) == len(jobs) else "running",
+            id=campaign.id, model=campaign.model,
+            status="finished" if len(finished) == len(jobs) else "running",
             goal=campaign.goal, target_rule=campaign.target_rule, max_queries=campaign.max_queries,
             attacks=campaign.attacks, clips=campaign.clips,
             progress=CampaignProgress(
@@ -89,8 +90,9 @@ class CampaignOut(BaseModel):
                 queries_used=sum(job.queries_used for job in jobs),
                 max_queries=sum(job.max_queries for job in jobs),
             ),
-            jobs=[CampaignJob(id=job.id, attack=job.attack, clip_index=job.clip_index, target_label=job.target_label,
-                              status=JobStatus(job.status), queries_used=job.queries_used) for job in jobs],
+            jobs=[CampaignJob(id=job.id, attack=job.attack, clip_index=job.clip_index,
+                              target_label=job.target_label, status=JobStatus(job.status),
+                              queries_used=job.queries_used) for job in jobs],
             created_at=campaign.created_at,
             links=CampaignLinks(self_=base, report=f"{base}/report", report_csv=f"{base}/report?format=csv",
                                 report_html=f"{base}/report?format=html"),
@@ -128,11 +130,13 @@ async def start_campaign(body: CampaignRequest, response: Response, key: Current
     return CampaignOut.from_campaign(campaign)
 
 
-@router.post("/upload", status_code=202, response_model=CampaignOut, summary="Start a campaign on uploaded clips",
+@router.post("/upload", status_code=202, response_model=CampaignOut,
+             summary="Start a campaign on uploaded clips",
              openapi_extra=_UPLOAD_FORM, responses={**_REFUSED, 413: {"description": "A clip is too large."}})
 async def start_uploaded_campaign(request: Request, response: Response, key: CurrentKey, session: SessionDep,
                                   settings: SettingsDep, oracle: OracleDep) -> CampaignOut:
-    """As POST /campaigns, with your clips: `spec` (the JSON) and `video` parts, decoded like a job's upload."""
+    """As POST /campaigns, with your clips: `spec` (the JSON) and `video` parts, decoded like a job's
+    upload."""
     body, uploads = await _read_campaign(request, settings)
     campaign = await run_in_threadpool(create_campaign, session, key, body, oracle, settings, uploads)
     response.headers["Location"] = f"/campaigns/{campaign.id}"
@@ -145,10 +149,12 @@ async def _read_campaign(request: Request, settings: Settings) -> tuple[Campaign
         if "spec" not in form.fields:
             raise HTTPException(422, "a multipart campaign needs a `spec` field with the campaign's JSON")
         if not form.files or not all(f.data for f in form.files):
-            raise HTTPException(422, f"a multipart campaign needs its clips as non-empty `{FILE_FIELD}` parts")
+            raise HTTPException(422, f"a multipart campaign needs its clips as non-empty "
+                                     f"`{FILE_FIELD}` parts")
         return CampaignRequest.model_validate_json(form.fields["spec"]), form.files
     except ValidationError as exc:
-        raise HTTPException(422, f"{describe_errors(exc.errors(), prefix='body')}; see POST /campaigns in /docs") from exc
+        raise HTTPException(422, f"{describe_errors(exc.errors(), prefix='body')}; "
+                                 "see POST /campaigns in /docs") from exc
     except UploadTooLarge as exc:
         raise HTTPException(413, f"a clip is larger than the {human_bytes(exc.limit)} limit") from exc
     except FormError as exc:
@@ -161,7 +167,8 @@ def owned_campaign(session: Session, key: ApiKey, campaign_id: str) -> Campaign:
         .where(Campaign.id == campaign_id, Campaign.api_key_id == key.id)
     )
     if campaign is None:
-        raise HTTPException(404, f"no campaign {campaign_id} for this API key; list yours with GET /campaigns")
+        raise HTTPException(404, f"no campaign {campaign_id} for this API key; "
+                                 "list yours with GET /campaigns")
     return campaign
 
 

@@ -63,7 +63,9 @@ _SUBMIT_FORM = {
                             "type": "string",
                             "description": "Defaults to the server's default model; see GET /models.",
                         },
-                        "goal": {"type": "string", "enum": ["untargeted", "targeted"], "default": "untargeted"},
+                        "goal": {
+                            "type": "string", "enum": ["untargeted", "targeted"], "default": "untargeted",
+                        },
                         "target_label": {"type": "integer", "description": "Required iff goal=targeted."},
                         "max_queries": {
                             "type": "integer",
@@ -115,7 +117,8 @@ def page_limit(limit: int | None, default: int, settings: Settings) -> int:
 # The databases' OFFSET is a signed 64-bit integer: a larger one is a database error, not an empty page.
 MAX_OFFSET = 2**63 - 1
 Limit = Annotated[int | None, Query(ge=1, description="Page size (default 50 jobs / 100 queries).")]
-Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip; past the last row a page is empty.")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET,
+                              description="Rows to skip; past the last row a page is empty.")]
 
 
 @router.post(
@@ -177,7 +180,8 @@ class JobFilter:
         return clauses
 
 
-def find_jobs(session: Session, key: ApiKey, filter_: JobFilter, limit: int, offset: int) -> tuple[list[Job], int]:
+def find_jobs(session: Session, key: ApiKey, filter_: JobFilter, limit: int,
+              offset: int) -> tuple[list[Job], int]:
     """One page of the key's jobs, newest first, and how many match over all pages."""
     where = filter_.where(key)
     total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0

@@ -118,12 +118,14 @@ def _choice(enum, name: str, value: str):
     try:
         return enum(value)
     except ValueError:
-        raise HTTPException(422, f"{name} must be one of {', '.join(e.value for e in enum)}, got {value!r:.40}") from None
+        raise HTTPException(422, f"{name} must be one of {', '.join(e.value for e in enum)}, "
+                                 f"got {value!r:.40}") from None
 
 
 def _filter_choices(session, key: ApiKey) -> dict[str, list[str]]:
     def distinct(column) -> list[str]:
-        return sorted(v for v in session.scalars(select(column).where(Job.api_key_id == key.id).distinct()) if v)
+        return sorted(v for v in session.scalars(select(column).where(Job.api_key_id == key.id).distinct())
+                      if v)
 
     return {"attack": distinct(Job.attack), "model": distinct(Job.model)}
 
@@ -134,7 +136,8 @@ def job_page(request: Request, job_id: str, session: SessionDep, key: PageKey,
     job = owned_job(session, key, job_id)
     out = JobOut.from_job(job, {a.kind for a in job.artifacts})
     kinds = {a.kind for a in job.artifacts}
-    log_total = session.scalar(select(func.count()).select_from(QueryRecord).where(QueryRecord.job_id == job_id)) or 0
+    log_total = session.scalar(select(func.count()).select_from(QueryRecord)
+                               .where(QueryRecord.job_id == job_id)) or 0
     log_rows = [QueryOut.from_record(r) for r in session.scalars(
         select(QueryRecord).where(QueryRecord.job_id == job_id).order_by(QueryRecord.seq)
         .limit(LOG_ROWS_PER_PAGE).offset(log_offset))]
@@ -216,8 +219,8 @@ def _label_role(job: Job, label: int | None) -> str:
 
 
 @router.get("/jobs/{job_id}/frames/{view}.png")
-def job_frames(job_id: str, view: Literal["clean", "adversarial", "perturbation", "mask"], session: SessionDep,
-               key: PageKey) -> Response:
+def job_frames(job_id: str, view: Literal["clean", "adversarial", "perturbation", "mask"],
+               session: SessionDep, key: PageKey) -> Response:
     job = owned_job(session, key, job_id)
     session.rollback()
     clean, adversarial = _load_clips(job)
@@ -256,7 +259,8 @@ def job_download(job_id: str, name: Literal["adversarial.npy", "adversarial.mkv"
 
 # ------------------------------------------------------------------------------ submitting
 def _attack_forms() -> list[dict[str, Any]]:
-    return [{"name": name, "description": cls.description, "inputs": param_inputs(cls.Params.model_json_schema())}
+    return [{"name": name, "description": cls.description,
+             "inputs": param_inputs(cls.Params.model_json_schema())}
             for name, cls in sorted(ATTACKS.items())]
 
 
@@ -278,7 +282,8 @@ def submit_form(request: Request, key: PageKey, oracle: OracleDep, settings: Set
 
 def _submit_page(request: Request, oracle, settings, values: dict[str, str], error: str = "",
                  status_code: int = 200) -> HTMLResponse:
-    return _page(request, "submit.html", status_code=status_code, attacks=_attack_forms(), models=_models(oracle),
+    return _page(request, "submit.html", status_code=status_code, attacks=_attack_forms(),
+                 models=_models(oracle),
                  values={"attack": DEFAULT_ATTACK, "model": settings.default_model, "goal": "untargeted",
                          "max_queries": "5000", **values},
                  error=error, max_queries_cap=settings.max_queries_cap,
@@ -299,7 +304,8 @@ async def submit(request: Request, session: SessionDep, key: PageKey, settings: 
         job = await run_in_threadpool(create_job, session, key, submission, upload, oracle, settings)
     except UploadTooLarge as exc:
         return _submit_page(request, oracle, settings, exc.form.fields, status_code=413,
-                            error=f"the video is larger than the {human_bytes(exc.limit)} limit; trim or downscale it")
+                            error=f"the video is larger than the {human_bytes(exc.limit)} limit; "
+                                  "trim or downscale it")
     except FormError as exc:
         return _submit_page(request, oracle, settings, fields, exc.detail, exc.status_code)
     except HTTPException as exc:
@@ -317,7 +323,8 @@ SUBMIT_FORM_PARTS = MAX_PARTS + max(len(cls.Params.model_fields) for cls in ATTA
 def _job_fields(form: dict[str, str]) -> dict[str, str]:
     """POST /jobs' fields from the submit form's: empty ones dropped (the API's defaults apply) and the
     per-parameter inputs gathered into `params`."""
-    fields = {name: value for name, value in form.items() if value.strip() and not name.startswith(PARAM_FIELD)}
+    fields = {name: value for name, value in form.items()
+              if value.strip() and not name.startswith(PARAM_FIELD)}
     attack = fields.get("attack") or DEFAULT_ATTACK
     if attack in ATTACKS:
         params = gather_params(form, attack, param_inputs(ATTACKS[attack].Params.model_json_schema()))
@@ -338,7 +345,8 @@ def campaigns_page(request: Request, session: SessionDep, key: PageKey,
         select(Campaign).options(selectinload(Campaign.jobs)).where(where)
         .order_by(Campaign.created_at.desc(), Campaign.id.desc()).limit(JOBS_PER_PAGE).offset(offset))]
     session.rollback()
-    return _page(request, "campaigns.html", campaigns=campaigns, total=total, offset=offset, per_page=JOBS_PER_PAGE)
+    return _page(request, "campaigns.html", campaigns=campaigns, total=total, offset=offset,
+                 per_page=JOBS_PER_PAGE)
 
 
 @router.get("/campaigns/{campaign_id}", response_class=HTMLResponse)

@@ -217,7 +217,8 @@ def download_policy(policy_id: str, session: SessionDep, key: CurrentKey) -> Fil
     artifact = next((a for a in job.artifacts if a.kind == POLICY_ARTIFACT), None)
     if artifact is None:
         if not JobStatus(job.status).terminal:
-            raise HTTPException(409, f"not ready: pre-training is {job.status}; poll GET /policies/{policy_id}")
+            raise HTTPException(409, f"not ready: pre-training is {job.status}; "
+                                     f"poll GET /policies/{policy_id}")
         raise HTTPException(404, f"pre-training {policy_id} ended ({job.status}) without a policy")
     path = Path(artifact.path)
     if not path.is_file():

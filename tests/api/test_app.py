@@ -228,7 +228,8 @@ def test_docs_and_openapi_describe_the_upload_form(env) -> None:
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     form = schema["paths"]["/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert set(form["properties"]) == {"video", "attack", "model", "goal", "target_label", "max_queries", "params"}
+    assert set(form["properties"]) == {"video", "attack", "model", "goal", "target_label", "max_queries",
+                                       "params"}
 
 
 def test_healthz_reports_each_component(env, monkeypatch) -> None:

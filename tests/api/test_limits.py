@@ -71,7 +71,8 @@ def upload_campaign(env, clips: int, attacks: int = 1, max_queries: int = 50, wh
              for i in range(clips)]
     spec = {"model": "mini", "max_queries": max_queries,
             "attacks": [{"name": "nes_pgd", "params": {"seed": i}} for i in range(attacks)]}
-    return env["client"].post("/campaigns/upload", headers=env[who], data={"spec": json.dumps(spec)}, files=files)
+    return env["client"].post("/campaigns/upload", headers=env[who], data={"spec": json.dumps(spec)},
+                              files=files)
 
 
 # ------------------------------------------------------------------------------ active jobs

@@ -18,7 +18,8 @@ HTML = {"accept": "text/html"}
 
 def sign_in(env, who: str = "alice"):
     client = env["client"]
-    response = client.post("/ui/login", data={"key": env[who][HEADER], "next": "/ui/jobs"}, follow_redirects=False)
+    response = client.post("/ui/login", data={"key": env[who][HEADER], "next": "/ui/jobs"},
+                           follow_redirects=False)
     assert response.status_code == 303, response.text
     return response
 
@@ -83,9 +84,11 @@ def test_job_page_and_live_data_show_the_stored_numbers(env, clip_npy) -> None:
     with env["sessions"]() as session:  # as a runner stores an attack's progress
         session.get(Job, job["id"]).best_distance = 4.25
         session.commit()
-    assert 'data-field="best_distance" data-value="4.25"' in env["client"].get(f"/ui/jobs/{job['id']}", headers=HTML).text
+    assert 'data-field="best_distance" data-value="4.25"' in env["client"].get(
+        f"/ui/jobs/{job['id']}", headers=HTML).text
     assert env["client"].get(f"/ui/jobs/{job['id']}/live.json").json()["best_distance"] == 4.25
-    assert env["client"].get(f"/jobs/{job['id']}", headers=env["alice"]).json()["progress"]["best_distance"] == 4.25
+    assert env["client"].get(f"/jobs/{job['id']}",
+                             headers=env["alice"]).json()["progress"]["best_distance"] == 4.25
     download = env["client"].get(f"/ui/jobs/{job['id']}/download/input.npy")
     assert download.status_code == 200 and download.content[:6] == b"\x93NUMPY"
 
@@ -96,8 +99,8 @@ def test_the_submit_form_makes_the_same_job_as_the_api(env, clip_npy) -> None:
     assert 'data-param="epsilon"' in form and 'data-attack="vbad"' in form
     response = env["client"].post(
         "/ui/jobs", follow_redirects=False,
-        data={"model": "mini", "attack": "nes_pgd", "goal": "untargeted", "target_label": "", "max_queries": "50",
-              "params": json.dumps({"epsilon": 0.03})},
+        data={"model": "mini", "attack": "nes_pgd", "goal": "untargeted", "target_label": "",
+              "max_queries": "50", "params": json.dumps({"epsilon": 0.03})},
         files={"video": ("clip.npy", clip_npy)})
     assert response.status_code == 303
     job_id = response.headers["location"].rsplit("/", 1)[-1]
@@ -122,7 +125,8 @@ def test_the_submit_form_works_without_javascript(env, clip_npy) -> None:
     response = post_form(env, clip_npy, target_label="", **{
         "param:nes_pgd:epsilon": "0.03", "param:nes_pgd:seed": "3", "param:nes_pgd:population": ""})
     assert response.status_code == 303, response.text
-    job = env["client"].get(f"/jobs/{response.headers['location'].rsplit('/', 1)[-1]}", headers=env["alice"]).json()
+    job = env["client"].get(f"/jobs/{response.headers['location'].rsplit('/', 1)[-1]}",
+                            headers=env["alice"]).json()
     assert job["params"]["epsilon"] == 0.03 and job["params"]["seed"] == 3
     assert job["params"]["population"] == ATTACKS["nes_pgd"].Params().population  # empty: the default
 
@@ -138,7 +142,8 @@ def test_a_refused_form_comes_back_with_its_parameters(env, clip_npy) -> None:
 def test_a_refused_form_says_why_and_stores_nothing(env, clip_npy) -> None:
     sign_in(env)
     response = post_form(env, clip_npy, headers=HTML, goal="targeted", params="{}")
-    assert response.status_code == 422 and "target_label" in response.text and 'id="submit-form"' in response.text
+    assert (response.status_code == 422 and "target_label" in response.text
+            and 'id="submit-form"' in response.text)
     assert stored_nothing(env) and count(env, Job) == 0
 
 
@@ -164,7 +169,8 @@ def test_form_inputs_follow_the_schema(schema: dict, kind: str, default: str) ->
 
 
 def test_numbers_print_without_scientific_notation_for_large_values() -> None:
-    assert number(3165.2) == "3165" and number(31652.3) == "31,652" and number(0.12345678) == "0.1235" and number(None) == "—"
+    assert (number(3165.2) == "3165" and number(31652.3) == "31,652" and number(0.12345678) == "0.1235"
+            and number(None) == "—")
     assert number(12) == "12" and number(True) == "yes"
 
 

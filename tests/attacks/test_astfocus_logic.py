@@ -86,7 +86,8 @@ def test_ablations_focus_where_table_3_says():
     assert _agents(agents="none").mask(_agents(agents="none").act(), (6, 32, 32, 3)).all()
     spatial = _agents(agents="spatial")
     focus = spatial.act()
-    assert focus.selected.all() and spatial.mask(focus, (6, 32, 32, 3)).mean() == pytest.approx(16 * 16 / 32**2)
+    assert (focus.selected.all()
+            and spatial.mask(focus, (6, 32, 32, 3)).mean() == pytest.approx(16 * 16 / 32**2))
     temporal = _agents(agents="temporal")
     focus = temporal.act()
     assert all(p < 0 for p in focus.patches) and focus.selected.sum() <= 3

@@ -70,7 +70,8 @@ def test_a_direction_worse_than_the_best_so_far_costs_one_query(clean):
     oracle = LinearOracle(clean, budget=500)
     ctx = context(oracle, clean)
     boundary = Boundary(ctx)
-    weak = unit(-oracle.w + 3 * np.random.default_rng(0).standard_normal(oracle.w.shape).astype(np.float32))[0]
+    weak = unit(-oracle.w
+                + 3 * np.random.default_rng(0).standard_normal(oracle.w.shape).astype(np.float32))[0]
     best = boundary.distance(unit(-oracle.w)[0], start=5.0)
     before = oracle.used
     assert boundary.distance(weak, start=50.0, current_best=best) == float("inf")
@@ -89,7 +90,8 @@ def test_decision_attacks_shrink_the_perturbation_and_respect_the_budget(clean, 
 
 
 @pytest.mark.parametrize("make", [lambda: Opt(OptParams(seed=5, initial_directions=3, map_bound=0)),
-                                  lambda: SignOpt(SignOptParams(seed=5, initial_directions=3, samples=30, map_bound=0))])
+                                  lambda: SignOpt(SignOptParams(seed=5, initial_directions=3, samples=30,
+                                                                map_bound=0))])
 def test_decision_attacks_repeat_every_query_for_the_same_seed(clean, make):
     logs = []
     for _ in range(2):
@@ -134,7 +136,8 @@ class KeyFrameOracle:
             raise BudgetExhausted("toy budget")
         clips = clips[: self.remaining]
         self.used += len(clips)
-        moved = [np.abs(c[self.key].astype(np.int16) - self.clean[self.key]).mean() > self.threshold for c in clips]
+        moved = [np.abs(c[self.key].astype(np.int16) - self.clean[self.key]).mean() > self.threshold
+                 for c in clips]
         return [Prediction(label=int(m), label_name=str(int(m)), probability=0.9) for m in moved]
 
 
@@ -176,7 +179,8 @@ def targeted_context(oracle, clean: np.ndarray) -> AttackContext:
     first = oracle.query(clean[None])[0]
     goal = Goal(source_label=first["label"], target_label=1)
     tracker = Tracker(best=Best(clip=clean, score=goal.score(first), success=False))
-    return AttackContext(clean=clean, oracle=oracle, goal=goal, tracker=tracker, rng=np.random.default_rng([0, 0]),
+    return AttackContext(clean=clean, oracle=oracle, goal=goal, tracker=tracker,
+                         rng=np.random.default_rng([0, 0]),
                          reference_clips=reference_clips_for(clean, None))
 
 

@@ -261,7 +261,8 @@ def rlsb_with_untrained_policy(goal: str = "untargeted", **params) -> Rlsb:
 
 
 def _attack(**params) -> Rlsb:
-    return rlsb_with_untrained_policy("targeted" if params.get("finetune_iterations") else "untargeted", **params)
+    return rlsb_with_untrained_policy("targeted" if params.get("finetune_iterations") else "untargeted",
+                                      **params)
 
 
 def test_without_a_policy_the_attack_asks_for_pretraining_before_any_query():

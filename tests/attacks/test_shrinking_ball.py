@@ -33,7 +33,8 @@ class ScriptedOracle:
         for clip in clips:
             self.radii.append(int(np.abs(clip.astype(np.int16) - CLEAN).max()))
             label = TARGET if self.script.pop(0) else 0
-            answers.append(Prediction(label=label, label_name=str(label), probability=self.probabilities.pop(0)))
+            answers.append(Prediction(label=label, label_name=str(label),
+                                      probability=self.probabilities.pop(0)))
         return answers
 
 
@@ -124,7 +125,8 @@ def _climbing_estimate(calls: list[int]):
 
 def test_the_loop_shrinks_to_the_goal_and_scores_only_what_it_kept():
     #       shrink→30  shrink→20, same ε 30: both lost   shrink→20 lost, 30 kept   →20   →12 (goal)
-    oracle = ScriptedOracle([True, False, False, False, True, True, True], [0.5, 0.3, 0.2, 0.3, 0.6, 0.7, 0.8])
+    oracle = ScriptedOracle([True, False, False, False, True, True, True],
+                            [0.5, 0.3, 0.2, 0.3, 0.6, 0.7, 0.8])
     ctx, calls, learned = _context(oracle), [], []
     shrink_to_goal(ctx, PARAMS, Start(CLEAN + 40, 40, 0.4), _climbing_estimate(calls),
                    lambda chosen, before, after: learned.append((chosen, before, after)))

@@ -18,7 +18,8 @@ def frames() -> np.ndarray:
 
 
 def test_image_ensemble_features_are_differentiable_with_respect_to_the_pixels(frames):
-    ensemble = surrogates.ImageEnsemble(("efficientnet_lite0", "efficientnet_lite1"), image_size=112, device="cpu")
+    ensemble = surrogates.ImageEnsemble(("efficientnet_lite0", "efficientnet_lite1"), image_size=112,
+                                        device="cpu")
     pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float().requires_grad_(True)
     features = ensemble.features(pixels, layer=5)
     assert [tuple(f.shape) for f in features] == [(2, 112, 7, 7), (2, 112, 7, 7)]
@@ -51,7 +52,8 @@ def test_video_surrogate_weights_match_their_card_and_classify_the_attackers_cli
 
 
 def test_reports_name_the_weights_a_surrogate_shares_with_the_victim():
-    assert "same ImageNet EfficientNet-Lite0" in surrogates.surrogate_overlap("effnet_lite0_imagenet", ["efficientnet_lite0"])
+    assert "same ImageNet EfficientNet-Lite0" in surrogates.surrogate_overlap(
+        "effnet_lite0_imagenet", ["efficientnet_lite0"])
     assert "Lite0" in surrogates.surrogate_overlap("tsm", surrogates.LITE_NAMES)
     assert "sibling" in surrogates.surrogate_overlap("lrcn", ["efficientnet_lite2"])
     assert surrogates.surrogate_overlap("mini_c3d", surrogates.LITE_NAMES) is None

@@ -24,7 +24,8 @@ OUT_OF_REACH = {"bias": 50.0}
 ATTACKS = {
     "srbad": lambda: Srbad(SrbadParams(**FAST)),
     "nes_pgd": lambda: NesPgd(NesPgdParams(**FAST)),
-    "astfocus": lambda: AstFocus(AstFocusParams(**FAST, patch_size=8, candidates_per_side=3, max_key_frames=2)),
+    "astfocus": lambda: AstFocus(AstFocusParams(**FAST, patch_size=8, candidates_per_side=3,
+                                                max_key_frames=2)),
 }
 
 

@@ -54,7 +54,8 @@ def test_a_bad_request_fails_alone(handler: OracleHandler) -> None:
     # …and the good ones get exactly the answers they get alone (each request is its own forward)
     for idx, clips_sent in ((0, clips[:3]), (2, clips[3:4])):
         alone = handler.handle([{"body": encode_batch(clips_sent)}], FakeContext())[0]
-        assert parse_answers(json.loads(replies[idx]), len(clips_sent)) == parse_answers(json.loads(alone), len(clips_sent))
+        assert (parse_answers(json.loads(replies[idx]), len(clips_sent))
+                == parse_answers(json.loads(alone), len(clips_sent)))
 
 
 def test_decoded_json_bodies_are_refused(handler: OracleHandler) -> None:

@@ -46,10 +46,12 @@ def good_answers(oracle_http: OracleHTTP, test_clips: np.ndarray) -> list:
 
 
 def assert_still_serving(oracle_http: OracleHTTP, test_clips: np.ndarray, good_answers: list) -> None:
-    """The model's backend worker is alive and answers as it did before (batching may move the last digits)."""
+    """The model's backend worker is alive and answers as it did before (batching may move the last
+    digits)."""
     answers = oracle_http.predict("mini_c3d", test_clips[:2])
     assert [a["label"] for a in answers] == [a["label"] for a in good_answers]
-    assert [a["probability"] for a in answers] == pytest.approx([a["probability"] for a in good_answers], abs=1e-3)
+    assert [a["probability"] for a in answers] == pytest.approx([a["probability"] for a in good_answers],
+                                                                abs=1e-3)
 
 
 def test_every_model_answers_top1_only(oracle_http: OracleHTTP, test_clips: np.ndarray) -> None:
@@ -72,7 +74,9 @@ STANDARD_HEADERS = {"content-type", "content-length", "x-request-id", "pragma", 
                     "connection", "date", "keep-alive"}
 
 
-def test_neither_headers_nor_error_bodies_leak_more_than_top1(oracle_http: OracleHTTP, test_clips: np.ndarray) -> None:
+def test_neither_headers_nor_error_bodies_leak_more_than_top1(
+    oracle_http: OracleHTTP, test_clips: np.ndarray
+) -> None:
     for model in oracle_http.list_models():
         answer = post(model, encode_batch(test_clips[:1]))
         assert set(answer.headers) <= STANDARD_HEADERS, (model, dict(answer.headers))
@@ -81,7 +85,8 @@ def test_neither_headers_nor_error_bodies_leak_more_than_top1(oracle_http: Oracl
         body = refused.json()
         assert set(body) <= {"code", "type", "message"}, (model, body)
         assert not any(ch.isdigit() for ch in body.get("type", "")), body  # no number arrays smuggled out
-        assert "probab" not in body.get("message", "").lower() and "logit" not in body.get("message", "").lower()
+        assert ("probab" not in body.get("message", "").lower()
+                and "logit" not in body.get("message", "").lower())
 
 
 def test_labels_and_input_equal_the_model_card(oracle_http: OracleHTTP) -> None:

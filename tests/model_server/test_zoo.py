@@ -19,7 +19,8 @@ MOTION_MODELS = sorted(name for name, entry in zoo.MODELS.items() if entry.datas
 
 
 def _num_labels(name: str) -> int:
-    return len(dataset.CLASS_NAMES) if zoo.entry(name).dataset == "motion" else len(zoo.load_card(name)["labels"])
+    return (len(dataset.CLASS_NAMES) if zoo.entry(name).dataset == "motion"
+            else len(zoo.load_card(name)["labels"]))
 
 
 @pytest.mark.parametrize("name", sorted(zoo.MODELS))

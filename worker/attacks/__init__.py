@@ -11,7 +11,10 @@ from worker.attacks.rlsb import Rlsb
 from worker.attacks.sign_opt import SignOpt
 from worker.attacks.vbad import Pbad, Srbad, Vbad
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (NesPgd, Vbad, Pbad, Srbad, AstFocus, Opt, SignOpt, Heuristic, KeyframeGrad, Rlsb)}
+ATTACKS: dict[str, type[Attack]] = {
+    cls.name: cls
+    for cls in (NesPgd, Vbad, Pbad, Srbad, AstFocus, Opt, SignOpt, Heuristic, KeyframeGrad, Rlsb)
+}
 
 
 def build_attack(name: str, raw_params: dict) -> Attack:

@@ -71,12 +71,19 @@ class AstFocusParams(ShrinkingBallParams):
     learning_rate: float = Field(0.01, gt=0, le=0.5, description="PGD step α on [0, 1] (Eq. 1).")
     samples: int = Field(60, ge=2, le=480, description="NES samples n per estimate (Eq. 2; paper: 60).")
     sigma: float | None = Field(
-        None, gt=0, le=0.5, description="NES probe per pixel on [0, 1]; default 0.01 untargeted, 0.005 targeted."
+        None, gt=0, le=0.5, description="NES probe per pixel on [0, 1]; default 0.01 untargeted, "
+        "0.005 targeted."
     )
     agents: Agents = Field("both", description="Which agents focus the attack (Table 3); none = PGD+NES.")
-    random_agents: bool = Field(False, description="Random patches and key frames instead of learned ones (Fig. 9).")
-    patch_size: int = Field(65, ge=8, le=112, description="Side h = w of the spatial agent's patch (paper: 65).")
-    candidates_per_side: int = Field(4, ge=1, le=16, description="Overlapping candidates per side (D = this²).")
+    random_agents: bool = Field(
+        False, description="Random patches and key frames instead of learned ones (Fig. 9)."
+    )
+    patch_size: int = Field(
+        65, ge=8, le=112, description="Side h = w of the spatial agent's patch (paper: 65)."
+    )
+    candidates_per_side: int = Field(
+        4, ge=1, le=16, description="Overlapping candidates per side (D = this²)."
+    )
     max_key_frames: int = Field(10, ge=1, description="L: key frames at most (Eq. 14; paper: 10).")
     edgebox_reward: bool = Field(True, description="Add λ1·r_edgebox to the spatial reward (Eq. 11).")
     sparse_reward: bool = Field(True, description="Add λ2·r_sparse to the temporal reward (Eq. 16).")
@@ -84,11 +91,15 @@ class AstFocusParams(ShrinkingBallParams):
     lambda1: float = Field(0.2, ge=0, description="λ1, edgebox weight (Eq. 11).")
     lambda2: float = Field(0.4, ge=0, description="λ2, sparse weight (Eq. 16).")
     lambda3: float = Field(0.6, ge=0, description="λ3, representative weight (Eq. 16).")
-    policy_learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam step of both agents and the critic.")
+    policy_learning_rate: float = Field(
+        1e-3, gt=0, le=1, description="Adam step of both agents and the critic."
+    )
     ppo_clip: float = Field(0.2, gt=0, lt=1, description="PPO clipping ε.")
     ppo_epochs: int = Field(4, ge=1, le=50, description="PPO gradient steps per PGD iteration.")
     ppo_memory: int = Field(8, ge=1, le=256, description="Recent iterations each PPO update learns from.")
-    max_iterations: int = Field(100_000, ge=1, description="PGD iterations T at most (the budget also stops it).")
+    max_iterations: int = Field(
+        100_000, ge=1, description="PGD iterations T at most (the budget also stops it)."
+    )
 
     def probe(self, targeted: bool) -> float:
         if self.sigma is not None:
@@ -172,7 +183,8 @@ def _networks():
         def __init__(self, channels: int, grid: int, candidates: int, hidden: int = 128, patch_dim: int = 32):
             super().__init__()
             self.frame = nn.Sequential(
-                nn.Conv2d(channels, 16, 1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * grid * grid, hidden), nn.ReLU()
+                nn.Conv2d(channels, 16, 1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * grid * grid, hidden),
+                nn.ReLU(),
             )
             self.patch = nn.Sequential(nn.Linear(channels, patch_dim), nn.ReLU())
             self.cell = nn.LSTMCell(hidden + patch_dim, hidden)
@@ -191,7 +203,8 @@ def _networks():
                 previous = self.patch(patch_features[i, actions[-1]][None])  # e_{i-1}^{b*} for frame i+1
             return actions
 
-        def log_prob(self, maps: torch.Tensor, patch_features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        def log_prob(self, maps: torch.Tensor, patch_features: torch.Tensor,
+                     actions: torch.Tensor) -> torch.Tensor:
             """Σ_i log π(b_i | s_i) of B replayed patch sequences (B×M indices) at once."""
             frames = self.frame(maps)
             batch, length = actions.shape
@@ -317,8 +330,12 @@ class FocusAgents:
         grid_h, grid_w = maps.shape[2], maps.shape[3]
         rows = []
         for x, y, w, h in self.candidates:
-            r0, r1 = int(y * grid_h // height), max(int(y * grid_h // height) + 1, int(np.ceil((y + h) * grid_h / height)))
-            c0, c1 = int(x * grid_w // width), max(int(x * grid_w // width) + 1, int(np.ceil((x + w) * grid_w / width)))
+            r0, r1 = int(y * grid_h // height), max(
+                int(y * grid_h // height) + 1, int(np.ceil((y + h) * grid_h / height))
+            )
+            c0, c1 = int(x * grid_w // width), max(
+                int(x * grid_w // width) + 1, int(np.ceil((x + w) * grid_w / width))
+            )
             rows.append(maps[:, :, r0:r1, c0:c1].mean(dim=(2, 3)))
         return self.torch.stack(rows, dim=1)
 
@@ -338,7 +355,8 @@ class FocusAgents:
             selected = np.zeros(self.frames, dtype=bool)
             selected[self.rng.choice(self.frames, self.limit, replace=False)] = True
             return Focus(
-                patches if self.learns_spatial else whole_frame, selected if self.learns_temporal else every_frame
+                patches if self.learns_spatial else whole_frame,
+                selected if self.learns_temporal else every_frame,
             )
         torch = self.torch
         with torch.no_grad():
@@ -414,7 +432,9 @@ class FocusAgents:
             self._learn(focus, reward_spatial, reward_temporal)
 
     def _learn(self, focus: Focus, reward_spatial: float, reward_temporal: float) -> None:
-        self.memory = [*self.memory[-(self.p.ppo_memory - 1):], Transition(focus, reward_spatial, reward_temporal)]
+        self.memory = [
+            *self.memory[-(self.p.ppo_memory - 1):], Transition(focus, reward_spatial, reward_temporal)
+        ]
         from worker.attacks.ppo import clipped_surrogate, ppo_update
 
         torch = self.torch
@@ -463,8 +483,9 @@ class AstFocus(Attack):
     def run(self, ctx: AttackContext) -> None:
         agents = FocusAgents(self.params, ctx.clean, ctx.rng)
         self._candidates = agents.candidates
-        ctx.trace.update(variant=self.name, agents=self.params.agents, random_agents=self.params.random_agents,
-                         iterations=0, frames_selected=[], patch_area=[])
+        ctx.trace.update(variant=self.name, agents=self.params.agents,
+                         random_agents=self.params.random_agents, iterations=0, frames_selected=[],
+                         patch_area=[])
         ctx.trace["surrogate"] = {"backbone": "efficientnet_lite0 stages 1-4 (frozen, ImageNet)",
                                   "shares_with_victim": _backbone_overlap(ctx.victim)}
         if ctx.goal.targeted:

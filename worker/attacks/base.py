@@ -123,7 +123,9 @@ class AttackContext:
 class AttackParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of the attack's random choices: same seed, same queries.")
+    seed: int = Field(
+        0, ge=0, le=2**63 - 1, description="Seed of the attack's random choices: same seed, same queries."
+    )
 
 
 class Attack(ABC):
@@ -141,7 +143,9 @@ class Attack(ABC):
         """Run until the goal is met or the attack ends; BudgetExhausted/JobCancelled may escape."""
 
 
-def targeted_start(ctx: AttackContext, start_eps: int, scan: int, attack: str) -> tuple[np.ndarray | None, int, float]:
+def targeted_start(
+    ctx: AttackContext, start_eps: int, scan: int, attack: str
+) -> tuple[np.ndarray | None, int, float]:
     """Where a targeted attack starts under a top-1 oracle: (clip, ε in levels, its goal score).
 
     The first of `scan` attacker-owned clips of the target class that the oracle puts in the target

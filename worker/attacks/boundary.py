@@ -87,7 +87,9 @@ class Boundary:
 
     def _offer(self, clip: np.ndarray, answer: Prediction) -> None:
         distortion = mean_absolute_perturbation(perturbation(clip, self.ctx.clean))
-        self.ctx.tracker.offer(clip, self.ctx.goal.score(answer), success=True, answer=answer, distance=distortion)
+        self.ctx.tracker.offer(
+            clip, self.ctx.goal.score(answer), success=True, answer=answer, distance=distortion
+        )
         if distortion < self.best_map:
             self.best_map = distortion
             self.curve.append((self.queries, round(distortion, 4)))

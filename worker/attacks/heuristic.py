@@ -26,10 +26,11 @@ default). Algorithm 2 as printed puts SPATIAL first for both; with it, x + (x̂ 
 for all ten reference clips on three of the five zoo models (benchmark grid, round 0), because the
 mask is the CLEAN clip's saliency and leaves x̂'s own salient regions out. When the salient mask makes
 the selected frames miss the goal, that clip keeps its temporal-only mask (counted in
-`trace.spatial_dropped`): the paper does not say what to do then. Queries that find out whether a masked clip meets the goal count like all
-others; the scan of initial clips ends early once the MAP bound is met (the same stop rule as the
-update loop; on a probe the scan went on for 2 800 queries after reaching MAP 0.24 ≤ 3); MAP is the perturbation's mean over the WHOLE clip (DESIGN.md), and `trace.key_frames` /
-`trace.mask_density` report the sparsity.
+`trace.spatial_dropped`): the paper does not say what to do then. Queries that find out whether a
+masked clip meets the goal count like all others; the scan of initial clips ends early once the MAP
+bound is met (the same stop rule as the update loop; on a probe the scan went on for 2 800 queries
+after reaching MAP 0.24 ≤ 3); MAP is the perturbation's mean over the WHOLE clip (DESIGN.md), and
+`trace.key_frames` / `trace.mask_density` report the sparsity.
 """
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ class HeuristicParams(OptParams):
                                                                "(untargeted / targeted).")
     saliency_ratio: float | None = Field(None, gt=0, le=1, description="Salient area ratio φ per frame; "
                                                                       "None = 0.6 / 0.8.")
-    spatial: bool = Field(True, description="Spatial sparsity (saliency mask); false = temporal-only variant.")
+    spatial: bool = Field(
+        True, description="Spatial sparsity (saliency mask); false = temporal-only variant."
+    )
     temporal: bool = Field(True, description="Temporal sparsity (Algorithm 1's key-frame search).")
     spatial_stage: Literal["first", "after_temporal"] | None = Field(
         None, description="When the salient mask is applied: before the key-frame search (Algorithm 2) or on "
@@ -69,7 +72,9 @@ class Heuristic(Opt):
     Params = HeuristicParams
     params: HeuristicParams
 
-    def start(self, ctx: AttackContext, boundary: Boundary) -> tuple[np.ndarray | None, float, np.ndarray | None]:
+    def start(
+        self, ctx: AttackContext, boundary: Boundary
+    ) -> tuple[np.ndarray | None, float, np.ndarray | None]:
         p, targeted = self.params, ctx.goal.targeted
         omega = OMEGA[targeted] if p.omega is None else p.omega
         ratio = (PHI[targeted] if p.saliency_ratio is None else p.saliency_ratio) if p.spatial else 1.0

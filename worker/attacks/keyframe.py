@@ -556,7 +556,8 @@ class KeyframeGrad(Attack):
         x = project_linf(start.astype(np.float32), ctx.clean, eps)
         finish = ctx.trace["finish"] = {"method": "nes_pgd", "epsilon_levels": eps, "iterations": 0}
         momentum_sign_pgd(ctx, x, eps, lambda x: self._masked_estimate(ctx, x, eps, keep),
-                          in_levels(p.finish_learning_rate), p.finish_momentum, p.finish_max_iterations, finish, keep)
+                          in_levels(p.finish_learning_rate), p.finish_momentum, p.finish_max_iterations,
+                          finish, keep)
 
     def _masked_estimate(
         self, ctx: AttackContext, x: np.ndarray, eps: int, keep: np.ndarray

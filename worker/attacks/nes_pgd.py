@@ -40,7 +40,9 @@ class NesPgdParams(ShrinkingBallParams):
     population: int = Field(48, ge=2, le=480, description="NES samples per estimate (antithetic pairs × 2).")
     learning_rate: float = Field(0.01, gt=0, le=0.5, description="PGD sign-step size η on [0, 1].")
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum on the gradient estimate (0 = off).")
-    max_iterations: int = Field(10_000, ge=1, description="PGD iterations at most (the budget also stops it).")
+    max_iterations: int = Field(
+        10_000, ge=1, description="PGD iterations at most (the budget also stops it)."
+    )
 
 
 class NesPgd(Attack):

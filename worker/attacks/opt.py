@@ -44,9 +44,15 @@ class DecisionParams(AttackParams):
                     "None = the RLSB paper's 3 (untargeted) / 9 (targeted); 0 = never stop early.",
     )
     max_iterations: int = Field(1000, ge=1, description="Update iterations T_ai (RLSB Sec. 4.3: 1000).")
-    initial_directions: int = Field(10, ge=1, le=1000, description="Attacker-owned clips scanned for a start.")
-    learning_rate: float = Field(0.2, gt=0, le=10, description="Initial step η of the line search (Cheng et al.).")
-    tolerance: float = Field(1e-4, gt=0, lt=0.5, description="Relative width at which g(θ)'s binary search stops.")
+    initial_directions: int = Field(
+        10, ge=1, le=1000, description="Attacker-owned clips scanned for a start."
+    )
+    learning_rate: float = Field(
+        0.2, gt=0, le=10, description="Initial step η of the line search (Cheng et al.)."
+    )
+    tolerance: float = Field(
+        1e-4, gt=0, lt=0.5, description="Relative width at which g(θ)'s binary search stops."
+    )
 
     def bound(self, targeted: bool) -> float:
         return MAP_BOUND[targeted] if self.map_bound is None else self.map_bound
@@ -115,7 +121,9 @@ class DecisionAttack(Attack):
             return
         self.optimise(ctx, boundary, theta, g, mask)
 
-    def start(self, ctx: AttackContext, boundary: Boundary) -> tuple[np.ndarray | None, float, np.ndarray | None]:
+    def start(
+        self, ctx: AttackContext, boundary: Boundary
+    ) -> tuple[np.ndarray | None, float, np.ndarray | None]:
         theta, g = initial_direction(ctx, boundary, self.params.initial_directions,
                                      self.params.bound(ctx.goal.targeted))
         ctx.trace["initial_queries"] = boundary.queries

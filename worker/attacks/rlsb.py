@@ -138,7 +138,9 @@ class PretrainParams(BaseModel):
     clips_per_class: int = Field(8, ge=1, le=512, description="Reference clips per class in X = X̂ (choice).")
     max_seconds: float | None = Field(None, gt=0, description="Stop cleanly after the iteration that passes "
                                                               "this wall time (None = no limit).")
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of the job's RNG (the caller builds `rng` from it).")
+    seed: int = Field(
+        0, ge=0, le=2**63 - 1, description="Seed of the job's RNG (the caller builds `rng` from it)."
+    )
 
 
 class RlsbParams(SignOptParams):

@@ -58,14 +58,19 @@ class ShrinkingBallParams(AttackParams):
     max_iterations: int = Field(100_000, ge=1, description="PGD steps at most (the budget also stops it).")
     targeted_start_epsilon: float = Field(1.0, gt=0, le=1, description="Targeted: ε of the starting clip.")
     epsilon_decay: float = Field(
-        0.02, gt=0, le=0.5, description="Targeted: initial Δε (ε shrink per step) on [0, 1]; unspecified by V-BAD."
+        0.02, gt=0, le=0.5, description="Targeted: initial Δε (ε shrink per step) on [0, 1]; "
+        "unspecified by V-BAD."
     )
     decay_patience: int = Field(100, ge=1, description="Targeted: failed ε reductions before Δε halves.")
-    failure_window: int = Field(10, ge=2, description="Targeted: recent same-ε tries over which α's 50% rule counts.")
+    failure_window: int = Field(
+        10, ge=2, description="Targeted: recent same-ε tries over which α's 50% rule counts."
+    )
     reference_scan: int = Field(8, ge=1, le=256, description="Targeted: reference clips scanned for a start.")
 
 
-_SCHEDULE_FIELDS = frozenset(ShrinkingBallParams.model_fields) - {"seed", "epsilon", "learning_rate", "max_iterations"}
+_SCHEDULE_FIELDS = frozenset(ShrinkingBallParams.model_fields) - {
+    "seed", "epsilon", "learning_rate", "max_iterations"
+}
 
 
 @dataclass
@@ -76,7 +81,9 @@ class ShrinkSchedule:
     decay: int
     patience: int
     window: int
-    counts: dict[str, int] = field(default_factory=lambda: {"shrinks": 0, "same_eps_kept": 0, "same_eps_lost": 0})
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"shrinks": 0, "same_eps_kept": 0, "same_eps_lost": 0}
+    )
 
     def __post_init__(self) -> None:
         self.failed_shrinks = 0
@@ -106,12 +113,16 @@ class ShrinkSchedule:
         return {"epsilon_levels": eps, "alpha_levels": self.alpha, "decay_levels": self.decay, **self.counts}
 
 
-def try_in_ball(ctx: AttackContext, candidate: np.ndarray, eps: int, goal_eps: int) -> tuple[bool, Prediction]:
+def try_in_ball(
+    ctx: AttackContext, candidate: np.ndarray, eps: int, goal_eps: int
+) -> tuple[bool, Prediction]:
     """One counted query; a candidate that keeps the target is offered to the tracker at its ε."""
     answer = ctx.oracle.query(candidate[None])[0]
     kept = ctx.goal.is_met(answer["label"])
     if kept:
-        ctx.tracker.offer(candidate, ctx.goal.score(answer), success=eps <= goal_eps, answer=answer, distance=eps)
+        ctx.tracker.offer(
+            candidate, ctx.goal.score(answer), success=eps <= goal_eps, answer=answer, distance=eps
+        )
     return kept, answer
 
 
@@ -140,7 +151,9 @@ class Start(NamedTuple):
 def start_in_target_class(ctx: AttackContext, params: ShrinkingBallParams, attack: str) -> Start | None:
     """The target-class clip at `targeted_start_epsilon` (base.targeted_start); None, traced, if no
     scanned reference clip is classified as the target."""
-    clip, eps, score = targeted_start(ctx, to_levels(params.targeted_start_epsilon), params.reference_scan, attack)
+    clip, eps, score = targeted_start(
+        ctx, to_levels(params.targeted_start_epsilon), params.reference_scan, attack
+    )
     if clip is None:
         ctx.trace["stopped"] = "no reference clip was classified as the target"
         return None

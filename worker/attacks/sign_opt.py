@@ -63,5 +63,7 @@ class SignOpt(DecisionAttack):
     def update(self, boundary: Boundary, theta: np.ndarray, g: float, mask: np.ndarray | None,
                state: dict) -> tuple[np.ndarray, float, bool]:
         gradient = sign_gradient(boundary, theta, g, self.params.samples, state["beta"], mask)
-        theta, g, state["learning_rate"] = line_search(boundary, theta, g, gradient, state["learning_rate"], mask)
+        theta, g, state["learning_rate"] = line_search(
+            boundary, theta, g, gradient, state["learning_rate"], mask
+        )
         return theta, g, smoothing_left(state, self.params.beta_min)

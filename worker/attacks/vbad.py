@@ -1,5 +1,6 @@
 """V-BAD (Jiang, Ma, Chen, Bailey, Jiang, ACM MM 2019, "Black-box Adversarial Attacks on Video
-Recognition Models"), with its baselines P-BAD and SR-BAD (Sec. 4.3). Paper: ../shared/papers/vbad-jiang-mm2019.txt
+Recognition Models"), with its baselines P-BAD and SR-BAD (Sec. 4.3).
+Paper: ../shared/papers/vbad-jiang-mm2019.txt
 
 One PGD step (Eq. 1-6):
     v = 0                                   (1)
@@ -88,7 +89,8 @@ class VbadParams(ShrinkingBallParams):
     patches_per_side: int = Field(8, ge=1, le=56, description="Uniform: patches per frame side (8 → 8×8).")
     population: int = Field(48, ge=2, le=480, description="NES population λ (antithetic; P-BAD uses 96).")
     sigma: float | None = Field(
-        None, gt=0, le=0.5, description="NES probe per pixel on [0, 1]; default 0.01 untargeted, 0.005 targeted."
+        None, gt=0, le=0.5, description="NES probe per pixel on [0, 1]; default 0.01 untargeted, "
+        "0.005 targeted."
     )
     learning_rate: float = Field(0.01, gt=0, le=0.5, description="PGD step α on [0, 1].")
     max_iterations: int = Field(100_000, ge=1, description="PGD steps at most (the budget also stops it).")
@@ -262,7 +264,9 @@ class Vbad(Attack):
         return random_partition(shape, shape[0] * per_side * per_side, ctx.rng)
 
     # ------------------------------------------------------------------ Eq. 2-5 + Algorithm 2
-    def _rectified_gradient(self, ctx: AttackContext, x: np.ndarray, eps: int) -> tuple[np.ndarray | None, bool]:
+    def _rectified_gradient(
+        self, ctx: AttackContext, x: np.ndarray, eps: int
+    ) -> tuple[np.ndarray | None, bool]:
         """ĝ = R(v̂, U) at x; (None, True) when a sample already met an untargeted goal."""
         p = self.params
         signs = self._tentative_signs(ctx, x)  # Eq. 2
@@ -303,7 +307,9 @@ class Vbad(Attack):
         if self._tentative is not None:
             self._tentative.set_target_clip(start.clip)  # r_n = f̃_l(x'_n) of the target-class clip
         # Algorithm 1: each rectified estimate's step is tried at ε − Δε, else at ε
-        shrink_to_goal(ctx, self.params, start, lambda x, eps: (self._rectified_gradient(ctx, x, eps)[0], None))
+        shrink_to_goal(
+            ctx, self.params, start, lambda x, eps: (self._rectified_gradient(ctx, x, eps)[0], None)
+        )
 
 
 class PbadParams(VbadParams):
@@ -319,7 +325,9 @@ class SrbadParams(VbadParams):
 
 class Pbad(Vbad):
     name = "pbad"
-    description = "P-BAD (V-BAD Sec. 4.3): static tentative perturbations, one patch per pixel: NES on pixels."
+    description = (
+        "P-BAD (V-BAD Sec. 4.3): static tentative perturbations, one patch per pixel: NES on pixels."
+    )
     Params = PbadParams
 
 

@@ -36,7 +36,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("campaign_id", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("clip_index", sa.Integer(), nullable=True))
         batch_op.create_index(batch_op.f("ix_jobs_campaign_id"), ["campaign_id"], unique=False)
-        batch_op.create_foreign_key("fk_jobs_campaign_id", "campaigns", ["campaign_id"], ["id"], ondelete="CASCADE")
+        batch_op.create_foreign_key("fk_jobs_campaign_id", "campaigns", ["campaign_id"], ["id"],
+                                    ondelete="CASCADE")
 
 
 def downgrade() -> None:

@@ -19,8 +19,8 @@ def upgrade() -> None:
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.add_column(sa.Column("max_jobs_per_minute", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("max_active_jobs", sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column("max_total_queries", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-                                      nullable=True))
+        batch_op.add_column(sa.Column("max_total_queries",
+                                      sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True))
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("lease_owner", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True))
