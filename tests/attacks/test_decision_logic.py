@@ -207,3 +207,20 @@ def test_salient_mask_first_can_miss_a_target_the_whole_frames_reach(clean):
     Heuristic(HeuristicParams(initial_directions=1, max_iterations=1, spatial_stage="first")).run(ctx)
     assert ctx.trace["spatial_stage"] == "first" and ctx.trace["key_frames"] == []
     assert not ctx.tracker.best.success
+
+
+class _StartThatMeetsTheBound(Opt):
+    """A start whose own query lands within the bound but hands back no direction, as RLSB's targeted
+    fine-tuning can (its episodes query the victim before the scan)."""
+
+    def start(self, ctx, boundary):
+        boundary.adversarial_clips(reference_clips_for(ctx.clean, ctx.oracle.w)(1, 1))
+        return None, float("inf"), None
+
+
+def test_a_start_that_already_met_the_bound_says_so(clean):
+    oracle = LinearOracle(clean, budget=50)
+    ctx = run(_StartThatMeetsTheBound(OptParams(map_bound=200.0)), oracle, clean)
+    assert ctx.tracker.best.success and ctx.trace["stopped"] == "map_bound"
+    ctx = run(_StartThatMeetsTheBound(OptParams(map_bound=0.5)), LinearOracle(clean, budget=50), clean)
+    assert ctx.trace["stopped"] == "no adversarial starting direction"

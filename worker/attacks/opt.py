@@ -117,7 +117,9 @@ class DecisionAttack(Attack):
                           "map_curve": boundary.curve})
         theta, g, mask = self.start(ctx, boundary)
         if theta is None:
-            ctx.trace["stopped"] = "no adversarial starting direction"
+            # a start's own queries (RLSB's fine-tuning episodes) may already have met the bound
+            met = boundary.best_map <= self.params.bound(ctx.goal.targeted)
+            ctx.trace["stopped"] = "map_bound" if met else "no adversarial starting direction"
             return
         self.optimise(ctx, boundary, theta, g, mask)
 
