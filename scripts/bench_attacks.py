@@ -355,13 +355,34 @@ def runs(args: argparse.Namespace) -> None:
     """Every run of one attack-set clip, one line each: the per-clip figures the findings quote."""
     rows = [r for r in load_rows(args.results) if r["index"] == args.clip
             and args.goal in (None, r["goal"]) and args.model in (None, r["model"])]
-    print("| model | goal | attack | success² | within MAP bound³ | queries | MAP | L∞ |")
-    print("|---|---|---|---|---|---:|---:|---:|")
+    print("| model | goal | attack | success² | within MAP bound³ | queries | MAP | L∞ | CPU s | stopped |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---|")
     for r in sorted(rows, key=lambda r: (r["model"], r["goal"], r["attack"])):
         bound = r.get("within_map_bound")
+        stopped = (r.get("trace") or {}).get("stopped") or "—"
         print(f"| {r['model']} | {r['goal']} | `{r['attack']}` | {'yes' if r['success'] else 'no'} "
               f"| {'—' if bound is None else ('yes' if bound else 'no')} | {r['queries']:,} "
-              f"| {r['map']:.2f} | {r['linf']} |")
+              f"| {r['map']:.2f} | {r['linf']} | {_cpu(r):.0f} | {stopped} |")
+
+
+def stops(args: argparse.Namespace) -> None:
+    """Why the hard-label runs that missed the MAP bound ended: the whole budget, or a recorded stop
+    rule (with the share of the budget spent), or no record (rows from before the trace was kept)."""
+    missed = [r for r in load_rows(args.results) if r.get("within_map_bound") is False]
+    spent = [r for r in missed if r["queries"] >= BUDGETS[r["goal"]]]
+    by_reason: dict[str, list[float]] = {}
+    unrecorded = []
+    for r in (r for r in missed if r["queries"] < BUDGETS[r["goal"]]):
+        reason = (r.get("trace") or {}).get("stopped")
+        if reason is None:
+            unrecorded.append(r)
+        else:
+            by_reason.setdefault(reason, []).append(r["queries"] / BUDGETS[r["goal"]])
+    print(f"hard-label runs that missed the MAP bound: {len(missed)}; spent the whole budget: {len(spent)}")
+    for reason, shares in sorted(by_reason.items()):
+        print(f"stopped: {reason}: {len(shares)}, after {min(shares):.0%}-{max(shares):.0%} of the budget, "
+              f"{sum(share < 0.5 for share in shares)} under half")
+    print(f"no stop reason recorded: {len(unrecorded)} (clips {sorted({r['index'] for r in unrecorded})})")
 
 
 @dataclass(frozen=True)
@@ -803,6 +824,8 @@ def main() -> None:
     clipper.add_argument("--results", type=Path, default=RESULTS)
     clipper.add_argument("--via", choices=["inprocess", "service"], default="inprocess")
     clipper.add_argument("--upto", type=int, help="only attack-set clips up to this index (complete rounds)")
+    stopper = sub.add_parser("stops", help="why the hard-label runs that missed the MAP bound ended")
+    stopper.add_argument("--results", type=Path, default=RESULTS)
     coster = sub.add_parser("cost", help="CPU-hours of round 0, of a round at today's speed, of a "
                             "score-based run that spends its budget, and of each clip and goal as recorded")
     coster.add_argument("--results", type=Path, default=RESULTS)
@@ -819,8 +842,8 @@ def main() -> None:
                         help="run once per seed and print the spread (default: the spec's seed, else 0)")
     args = parser.parse_args()
     started = time.monotonic()
-    {"run": run, "table": table, "runs": runs, "clips": clips, "cost": cost, "plot": plot,
-     "probe": probe}[args.action](args)
+    {"run": run, "table": table, "runs": runs, "clips": clips, "stops": stops, "cost": cost,
+     "plot": plot, "probe": probe}[args.action](args)
     if args.action == "run":
         print(f"done in {time.monotonic() - started:.0f} s")
 

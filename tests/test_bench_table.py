@@ -115,7 +115,22 @@ def test_runs_lists_each_run_of_one_clip_and_goal(tmp_path, capsys):
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     _bench().runs(argparse.Namespace(results=results, clip=0, goal="targeted", model=None))
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| tsm |")]
-    assert lines == ["| tsm | targeted | `heuristic` | yes | yes | 100 | 8.00 | 40 |"]
+    assert lines == ["| tsm | targeted | `heuristic` | yes | yes | 100 | 8.00 | 40 | 10 | — |"]
+
+
+def test_stops_counts_why_the_hard_label_misses_ended(tmp_path, capsys):
+    rows = [_row(True, 100, 8.0, True),  # met the bound: not counted
+            _row(True, 30_000, 12.0, False),  # spent the budget
+            _row(True, 3_000, 12.0, False, trace={"stopped": "step_size_exhausted"}),
+            _row(True, 24_000, 12.0, False, trace={"stopped": "step_size_exhausted"}),
+            _row(True, 900, 12.0, False, index=2)]  # before the trace was kept
+    results = tmp_path / "attacks.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _bench().stops(argparse.Namespace(results=results))
+    assert capsys.readouterr().out.splitlines() == [
+        "hard-label runs that missed the MAP bound: 4; spent the whole budget: 1",
+        "stopped: step_size_exhausted: 2, after 10%-80% of the budget, 1 under half",
+        "no stop reason recorded: 1 (clips [2])"]
 
 
 def test_cost_prints_what_a_score_based_run_that_spends_its_whole_budget_costs(tmp_path, capsys):
