@@ -359,25 +359,31 @@ def runs(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---:|---:|---:|---:|---|")
     for r in sorted(rows, key=lambda r: (r["model"], r["goal"], r["attack"])):
         bound = r.get("within_map_bound")
-        stopped = (r.get("trace") or {}).get("stopped") or "—"
+        stopped = _stop_reason(r) or "—"
         print(f"| {r['model']} | {r['goal']} | `{r['attack']}` | {'yes' if r['success'] else 'no'} "
               f"| {'—' if bound is None else ('yes' if bound else 'no')} | {r['queries']:,} "
               f"| {r['map']:.2f} | {r['linf']} | {_cpu(r):.0f} | {stopped} |")
+
+
+def _stop_reason(row: dict) -> str | None:
+    """The stop rule a hard-label run's trace recorded (None before the trace kept it)."""
+    return (row.get("trace") or {}).get("stopped")
 
 
 def stops(args: argparse.Namespace) -> None:
     """Why the hard-label runs that missed the MAP bound ended: the whole budget, or a recorded stop
     rule (with the share of the budget spent), or no record (rows from before the trace was kept)."""
     missed = [r for r in load_rows(args.results) if r.get("within_map_bound") is False]
-    spent = [r for r in missed if r["queries"] >= BUDGETS[r["goal"]]]
-    by_reason: dict[str, list[float]] = {}
-    unrecorded = []
-    for r in (r for r in missed if r["queries"] < BUDGETS[r["goal"]]):
-        reason = (r.get("trace") or {}).get("stopped")
-        if reason is None:
+    spent, unrecorded = [], []
+    by_reason: dict[str, list[float]] = {}  # stop rule -> the shares of the budget those runs spent
+    for r in missed:
+        share, reason = r["queries"] / BUDGETS[r["goal"]], _stop_reason(r)
+        if share >= 1:
+            spent.append(r)
+        elif reason is None:
             unrecorded.append(r)
         else:
-            by_reason.setdefault(reason, []).append(r["queries"] / BUDGETS[r["goal"]])
+            by_reason.setdefault(reason, []).append(share)
     print(f"hard-label runs that missed the MAP bound: {len(missed)}; spent the whole budget: {len(spent)}")
     for reason, shares in sorted(by_reason.items()):
         print(f"stopped: {reason}: {len(shares)}, after {min(shares):.0%}-{max(shares):.0%} of the budget, "
